@@ -1,0 +1,109 @@
+"""Citation markers: parse [n], [n, m] and [n-m], check them against the sources, renumber.
+
+Whatever wrote the answer (the extractive answerer or an LLM) numbers sources as they were given to
+it. Readers want [1] to be the first paper mentioned, and a marker that points at no given source
+must never reach them as if it were evidence: it is removed and reported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+MARKER = re.compile(r"\s?\[(\d+(?:\s*[-–,]\s*\d+)*)\]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# "Claim. [1]" and "Claim [1]." both cite the claim: move trailing markers before the full stop.
+_TRAILING_MARKERS = re.compile(r"([.!?])((?:\s*\[[\d\s,\-–]+\])+)")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedText:
+    """An answer after checking: its markers renumbered, and what was wrong with it."""
+
+    text: str
+    cited: list[int]  # source positions (1-based, as given) in order of first appearance
+    invalid: list[int] = field(default_factory=list)  # markers that named no given source
+    uncited_sentences: int = 0
+
+
+def expand(group: str) -> list[int]:
+    """``"1, 3-5"`` -> ``[1, 3, 4, 5]``; a reversed or huge range yields its end points only."""
+    numbers: list[int] = []
+    for part in re.split(r"\s*,\s*", group.strip()):
+        bounds = [int(x) for x in re.split(r"\s*[-–]\s*", part)]
+        if len(bounds) == 2 and 0 < bounds[1] - bounds[0] <= 50:
+            numbers.extend(range(bounds[0], bounds[1] + 1))
+        else:
+            numbers.extend(bounds)
+    return numbers
+
+
+class Renumberer:
+    """Renumbers markers as text streams in, so streamed and final text carry the same numbers.
+
+    A marker can arrive split across pieces ("... [1", "2]"), so text from an unclosed "[" (and the
+    whitespace before it, which goes if the marker turns out invalid) is held back until it closes.
+    """
+
+    _HOLD = 40  # an "[" open for longer than this is not a marker: release it
+
+    def __init__(self, n_sources: int) -> None:
+        self.n_sources = n_sources
+        self.order: dict[int, int] = {}  # source position -> number shown
+        self.invalid: list[int] = []
+        self._pending = ""
+
+    def _renumber(self, match: re.Match[str]) -> str:
+        shown = []
+        for n in expand(match.group(1)):
+            if 1 <= n <= self.n_sources:
+                self.order.setdefault(n, len(self.order) + 1)
+                if self.order[n] not in shown:
+                    shown.append(self.order[n])
+            elif n not in self.invalid:
+                self.invalid.append(n)
+        if not shown:
+            return ""
+        lead = match.group(0)[: len(match.group(0)) - len(match.group(0).lstrip())]
+        return lead + "".join(f"[{n}]" for n in sorted(shown))
+
+    def feed(self, piece: str) -> str:
+        """Text that is safe to show now."""
+        text = self._pending + piece
+        cut = len(text)
+        bracket = text.rfind("[")
+        if bracket != -1 and "]" not in text[bracket:] and len(text) - bracket <= self._HOLD:
+            cut = bracket
+        while cut > 0 and text[cut - 1].isspace():
+            cut -= 1  # keep trailing space with what may follow: an invalid marker takes it along
+        self._pending = text[cut:]
+        return MARKER.sub(self._renumber, text[:cut])
+
+    def flush(self) -> str:
+        """Whatever is still held back, at the end of the stream."""
+        text, self._pending = self._pending, ""
+        return MARKER.sub(self._renumber, text)
+
+
+def check(text: str, n_sources: int) -> CheckedText:
+    """Renumber valid markers by first appearance; drop and report invalid ones."""
+    renumberer = Renumberer(n_sources)
+    renumbered = renumberer.feed(text) + renumberer.flush()
+    return finish(renumberer, renumbered)
+
+
+def finish(renumberer: Renumberer, text: str) -> CheckedText:
+    """The check result for ``text``, all of which went through ``renumberer``."""
+    return CheckedText(
+        text=text.strip(),
+        cited=list(renumberer.order),
+        invalid=renumberer.invalid,
+        uncited_sentences=count_uncited(text),
+    )
+
+
+def count_uncited(text: str) -> int:
+    """Sentences (or list lines) that carry no marker; headings ending in ':' are not claims."""
+    text = _TRAILING_MARKERS.sub(r"\2\1", text)
+    pieces = [p.strip() for p in _SENTENCE_END.split(text) if p.strip()]
+    return sum(1 for p in pieces if not MARKER.search(p) and not p.endswith(":"))

@@ -1,0 +1,183 @@
+"""The ``rag`` command: a thin layer over ``rag.pipeline.Rag``.
+
+Data goes to stdout, progress and diagnostics to stderr. A ``RagError`` (something the user can
+fix) becomes one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from rag.errors import RagError
+from rag.settings import Settings
+
+EXAMPLE_QUESTION = "Which papers target Hopper GPUs?"
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one line on stderr and exit."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn library errors into one line and exit 2; Ctrl-C into exit 130."""
+    try:
+        yield
+    except RagError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and .env, or one line saying which variable is wrong."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "RAG_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
+        fail(f"{name}: {first['msg']}")
+
+
+def make_rag() -> Any:
+    """The library object for the current environment."""
+    from rag.pipeline import Rag
+
+    return Rag(load_settings())
+
+
+def progress_printer() -> Callable[[int, int], None]:
+    """A progress bar when stderr is a terminal, else one line per stored group (for logs)."""
+    tty = sys.stderr.isatty()
+
+    def show(done: int, total: int) -> None:
+        if tty:
+            filled = int(30 * done / max(total, 1))
+            bar = "#" * filled + "-" * (30 - filled)
+            end = "\n" if done >= total else ""
+            click.echo(f"\rembedding [{bar}] {done}/{total} chunks", err=True, nl=False)
+            click.echo(end, err=True, nl=False)
+        else:
+            click.echo(f"embedded {done}/{total} chunks", err=True)
+
+    return show
+
+
+@click.group()
+@click.version_option(package_name="rag-papers")
+def cli() -> None:
+    """Ask questions about a collection of research-paper abstracts, with cited answers."""
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of counts on stdout.")
+@click.option("--rebuild", is_flag=True, help="Delete the index first (e.g. after a model change).")
+def ingest(paths: tuple[Path, ...], as_json: bool, rebuild: bool) -> None:
+    """Index papers: PATHS are listing .txt files, JSONL of papers, arXiv metadata JSONL, or
+    directories of them. With no PATHS, the bundled corpus. Re-running embeds only what changed."""
+    with user_errors():
+        rag = make_rag()
+        stats = rag.ingest(list(paths) or None, rebuild=rebuild, progress=progress_printer())
+    counts = {
+        "papers": stats.papers,
+        "chunks": stats.chunks,
+        "embedded": stats.embedded,
+        "skipped": stats.skipped,
+        "seconds": stats.seconds,
+    }
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        click.echo(
+            f"{stats.papers} papers, {stats.chunks} chunks: {stats.embedded} embedded, "
+            f"{stats.skipped} unchanged, {stats.deleted} replaced ({stats.seconds:.1f} s)"
+        )
+
+
+def print_answer(rag: Any, question: str, k: int | None) -> None:
+    """Stream an answer to stdout, then its sources."""
+    from rag.pipeline import AskResult
+
+    result = None
+    for item in rag.stream(question, k):
+        if isinstance(item, AskResult):
+            result = item
+        else:
+            click.echo(item, nl=False)
+    assert result is not None
+    click.echo()
+    if result.citations:
+        click.echo("\nSources:")
+        for c in result.citations:
+            click.echo(f"  [{c.n}] {c.title}")
+
+
+@cli.command()
+@click.argument("question")
+@click.option("-k", "k", type=int, default=None, help="Distinct papers to retrieve (default 8).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def ask(question: str, k: int | None, as_json: bool) -> None:
+    """Answer QUESTION from the indexed papers, citing them as [n]."""
+    with user_errors():
+        rag = make_rag()
+        if as_json:
+            click.echo(json.dumps(rag.ask(question, k).to_dict(), ensure_ascii=False))
+        else:
+            print_answer(rag, question, k)
+
+
+@cli.command()
+def chat() -> None:
+    """Build the index from the bundled corpus if there is none, then answer questions.
+
+    Answers the example question first; at a terminal, keeps reading questions until EOF.
+    """
+    with user_errors():
+        rag = make_rag()
+        if not rag.has_index() or rag.index.count() == 0:
+            click.echo("No index yet: indexing the bundled corpus (once).", err=True)
+            rag.ingest(progress=progress_printer())
+        click.echo(f"> {EXAMPLE_QUESTION}")
+        print_answer(rag, EXAMPLE_QUESTION, None)
+        while sys.stdin.isatty():
+            try:
+                question = click.prompt("\n>", prompt_suffix=" ")
+            except (EOFError, click.Abort):
+                break
+            try:
+                print_answer(rag, question, None)
+            except RagError as exc:
+                click.echo(f"error: {exc}", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object.")
+def doctor(as_json: bool) -> None:
+    """Say which components are usable: embedder, store, index, LLM endpoint."""
+    from rag.doctor import run_checks
+
+    checks = run_checks(load_settings())
+    if as_json:
+        click.echo(json.dumps({c.name: {"ok": c.ok, "detail": c.detail} for c in checks}))
+    else:
+        for c in checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<10} {c.detail}")
+    sys.exit(0 if all(c.ok for c in checks) else 1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="rag")

@@ -1,0 +1,274 @@
+"""Load research-paper abstracts into ``Paper`` records.
+
+Inputs: scraped "trending papers" listing pages (``.txt``: title line, abstract line, repeated, with
+page chrome mixed in), JSON-lines papers and the arXiv metadata snapshot (``.jsonl``/``.json``/
+``.ndjson``, schema detected per line). ``load_paths`` parses everything before it returns, so a bad
+file fails before any index is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rag.errors import CorpusError
+
+LISTING_SUFFIXES = frozenset({".txt"})
+JSONL_SUFFIXES = frozenset({".jsonl", ".json", ".ndjson"})
+_SUFFIX_HINT = ".txt, .jsonl, .json, .ndjson"
+# A real title in the bundled pages is at most ~180 characters and an abstract at least ~490, so a
+# longer "title" means the title/abstract alternation has slipped.
+MAX_TITLE_CHARS = 300
+SLUG_MAX_CHARS = 48
+
+# Whole-line matches only: anything looser could swallow a real title.
+_NOISE_LINES = frozenset(
+    {
+        "new",
+        "Get trending papers in your email inbox!",
+        "Get trending papers in your email inbox once a day!",
+        "Subscribe",
+        "byAK and the research community",
+    }
+)
+_DATE_LINE = re.compile(
+    r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?:[1-9]|[12]\d|3[01])"
+)
+# The page sometimes glues its "Subscribe" button onto the first title. Requiring a non-lowercase
+# character next keeps a title such as "Subscribers and ..." intact.
+_GLUED_SUBSCRIBE = re.compile(r"^Subscribe(?=[^\sa-z])")
+_PROXY_HOST = "hf-proxy-cf.effarig.site"
+_WHITESPACE = re.compile(r"\s+")
+_PUNCTUATION = re.compile(r"[^\w\s]|_")
+_ARXIV_ID = re.compile(r"(?:\d{4}\.\d{4,5}|[a-z-]+(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?")
+_AUTHOR_SEPARATORS = re.compile(r"\s*,\s*|\s+and\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Paper:
+    """One paper: its text plus whatever metadata the source provided."""
+
+    id: str
+    title: str
+    abstract: str
+    sources: tuple[str, ...] = ()
+    url: str | None = None
+    authors: tuple[str, ...] = ()
+    date: str | None = None
+    categories: tuple[str, ...] = ()
+
+
+def normalise_text(text: str) -> str:
+    """Return ``text`` NFKC-normalised, with whitespace runs collapsed and proxy links undone."""
+    text = unicodedata.normalize("NFKC", text).replace(_PROXY_HOST, "huggingface.co")
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def normalise_title(title: str) -> str:
+    """Return the dedupe key of a title: normalised, casefolded, without punctuation."""
+    key = _PUNCTUATION.sub("", normalise_text(title).casefold())
+    return _WHITESPACE.sub(" ", key).strip()
+
+
+def paper_id(title: str) -> str:
+    """Return a stable id for ``title``: a readable slug plus 8 hex digits of its key's sha256.
+
+    Raises ``ValueError`` when the title has no letters or digits (it would have no usable key).
+    """
+    key = normalise_title(title)
+    if not key:
+        raise ValueError(f"title {title!r} has no letters or digits")
+    # Decompose so accented letters keep their base letter in the ASCII slug.
+    ascii_key = unicodedata.normalize("NFKD", key).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_key).strip("-")
+    if len(slug) > SLUG_MAX_CHARS:
+        cut = slug[: SLUG_MAX_CHARS + 1]
+        slug = cut.rsplit("-", 1)[0] if "-" in cut else cut[:SLUG_MAX_CHARS]
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
+    return f"{slug or 'paper'}-{digest}"
+
+
+def parse_listing(text: str, source: str) -> list[Paper]:
+    """Parse a listing page into papers, in order and with repeats; errors name ``source``."""
+    papers: list[Paper] = []
+    pending: tuple[int, str, str] | None = None  # (line, id, title) waiting for its abstract
+    # split("\n") rather than splitlines(): the latter also breaks on \x0c, \u2028, ... and would
+    # make our line numbers disagree with the user's editor.
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line or line in _NOISE_LINES or _DATE_LINE.fullmatch(line):
+            continue
+        if pending is None:
+            line = normalise_text(_GLUED_SUBSCRIBE.sub("", line, count=1))
+            if len(line) > MAX_TITLE_CHARS:
+                reason = f"expected a title, found a {len(line)}-character line (missing title?)"
+                raise CorpusError(source, number, reason)
+            pending = (number, _title_id(line, source, number), line)
+        else:
+            _, id_, title = pending
+            papers.append(Paper(id_, title, normalise_text(line), sources=(source,)))
+            pending = None
+    if pending is not None:
+        raise CorpusError(source, pending[0], "title has no abstract after it (end of file)")
+    return papers
+
+
+def load_jsonl(path: Path) -> list[Paper]:
+    """Load a JSON-lines file of papers (either schema, detected per line); errors name the line."""
+    return _load_jsonl(Path(path), str(path))
+
+
+def _load_jsonl(path: Path, label: str) -> list[Paper]:
+    where = str(path)
+    papers: list[Paper] = []
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            reason = f"invalid JSON: {exc.msg} (column {exc.colno})"
+            raise CorpusError(where, number, reason) from None
+        if not isinstance(record, dict):
+            reason = f"expected a JSON object, got {type(record).__name__}"
+            raise CorpusError(where, number, reason)
+        papers.append(_paper_from_record(record, label, where, number))
+    if not papers:
+        raise CorpusError(where, None, "no papers found")
+    return papers
+
+
+def _paper_from_record(record: dict[str, Any], label: str, where: str, number: int) -> Paper:
+    def fail(reason: str) -> CorpusError:
+        return CorpusError(where, number, reason)
+
+    def optional_str(key: str) -> str | None:
+        value = record.get(key)
+        if value is not None and not isinstance(value, str):
+            raise fail(f"'{key}' must be a string, got {type(value).__name__}")
+        return None if value is None else normalise_text(value) or None
+
+    def names(key: str, split: re.Pattern[str]) -> tuple[str, ...]:
+        value = record.get(key)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            # Normalise first: arXiv author strings wrap across lines before an "and".
+            items = split.split(normalise_text(value))
+        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+            items = [normalise_text(item) for item in value]
+        else:
+            raise fail(f"'{key}' must be a list of strings or a string")
+        return tuple(item for item in items if item)
+
+    def required(key: str) -> str:
+        if (value := optional_str(key)) is None:
+            raise fail(f"missing or empty '{key}'")
+        return value
+
+    title, abstract = required("title"), required("abstract")
+    raw_id = record.get("id")
+    # bool is an int subclass, but `"id": true` is certainly a mistake.
+    if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, str | int)):
+        raise fail(f"'id' must be a string or an integer, got {type(raw_id).__name__}")
+    given_id = "" if raw_id is None else str(raw_id).strip()
+    if raw_id is not None and not given_id:
+        raise fail("'id' is empty")
+
+    is_arxiv = (
+        "update_date" in record
+        or "authors_parsed" in record
+        or (isinstance(record.get("categories"), str) and "id" in record)
+    )
+    url, date = optional_str("url"), optional_str("date")
+    if is_arxiv:
+        # Explicit url/date win. The detection rule also matches plain records with an id and string
+        # categories, so only an id shaped like an arXiv id gets an arXiv link.
+        if url is None and _ARXIV_ID.fullmatch(given_id):
+            url = f"https://arxiv.org/abs/{given_id}"
+        date = date or optional_str("update_date")
+    authors, categories = names("authors", _AUTHOR_SEPARATORS), names("categories", _WHITESPACE)
+    paper_key = given_id or _title_id(title, where, number)
+    return Paper(paper_key, title, abstract, (label,), url, authors, date, categories)
+
+
+def load_paths(paths: Sequence[Path | str]) -> list[Paper]:
+    """Load files and directories, merging repeats by paper id (first abstract wins, sources join)."""
+    bundled = bundled_corpus_dir().resolve()
+    merged: dict[str, Paper] = {}
+    for file in _expand(paths):
+        # Bundled files are labelled by name so sources do not leak the install location.
+        label = file.name if file.resolve().parent == bundled else str(file)
+        if file.suffix.lower() in LISTING_SUFFIXES:
+            papers = parse_listing(_read_text(file), label)
+            if not papers:
+                raise CorpusError(str(file), None, "no papers found")
+        else:
+            papers = _load_jsonl(file, label)
+        for paper in papers:
+            first = merged.get(paper.id)
+            if first is None:
+                merged[paper.id] = paper
+            elif label not in first.sources:
+                merged[paper.id] = replace(first, sources=(*first.sources, label))
+    return list(merged.values())
+
+
+def bundled_corpus_dir() -> Path:
+    """Return the directory holding the corpus shipped with the package."""
+    return Path(__file__).parent / "data" / "corpus"
+
+
+def load_bundled() -> list[Paper]:
+    """Load the bundled corpus, deduplicated."""
+    return load_paths([bundled_corpus_dir()])
+
+
+def _expand(paths: Sequence[Path | str]) -> list[Path]:
+    supported = LISTING_SUFFIXES | JSONL_SUFFIXES
+    files: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in supported
+            )
+            if not found:
+                raise CorpusError(str(path), None, f"no corpus files ({_SUFFIX_HINT}) in directory")
+            files.extend(found)
+        elif path.is_file():
+            if path.suffix.lower() not in supported:
+                reason = f"unsupported file type '{path.suffix}' (expected {_SUFFIX_HINT})"
+                raise CorpusError(str(path), None, reason)
+            files.append(path)
+        else:
+            raise CorpusError(str(path), None, "no such file or directory")
+    return files
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorpusError(str(path), None, "no such file or directory") from None
+    except OSError as exc:
+        raise CorpusError(str(path), None, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, bad = data.count(b"\n", 0, exc.start) + 1, data[exc.start]
+        raise CorpusError(str(path), line, f"not valid UTF-8 text (byte 0x{bad:02x})") from None
+    return text.removeprefix("\ufeff")
+
+
+def _title_id(title: str, where: str, line: int) -> str:
+    try:
+        return paper_id(title)
+    except ValueError as exc:
+        raise CorpusError(where, line, str(exc)) from None

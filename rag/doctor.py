@@ -1,0 +1,57 @@
+"""``rag doctor``: which components are usable, each checked for real and reported in one line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rag.errors import RagError
+from rag.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The outcome of one component check."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    """Check the embedder, the store, the index and the LLM endpoint, in that order."""
+    from rag.embedding import load_embedder
+    from rag.index import Index, make_client
+
+    checks: list[Check] = []
+    try:
+        embedder = load_embedder(settings)
+        detail = (
+            f"{embedder.name} ({embedder.dim} dims, weights sha256 {embedder.fingerprint[:12]})"
+        )
+        checks.append(Check("embedder", True, detail))
+    except RagError as exc:
+        return [Check("embedder", False, str(exc))]
+    try:
+        client = make_client(settings)
+        client.heartbeat()
+        where = f"Chroma server {settings.chroma_url}" if settings.chroma_url else "local Chroma"
+        checks.append(
+            Check("store", True, f"{where} at {settings.chroma_url or settings.index_dir}")
+        )
+    except Exception as exc:
+        checks.append(Check("store", False, str(exc).splitlines()[0] if str(exc) else repr(exc)))
+        return checks
+    try:
+        stats = Index(settings, embedder, client=client).stats()
+        checks.append(
+            Check(
+                "index",
+                stats["chunks"] > 0,
+                f"collection {stats['collection']!r}: {stats['papers']} papers, "
+                f"{stats['chunks']} chunks, model {stats['embed_model']}",
+            )
+        )
+    except RagError as exc:
+        checks.append(Check("index", False, str(exc)))
+    checks.append(Check("llm", True, "none configured: the offline extractive answerer is used"))
+    return checks

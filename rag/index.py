@@ -1,0 +1,330 @@
+"""The index: chunks and vectors in Chroma, and a BM25 index of the same chunks beside it.
+
+Ingest is idempotent and crash-safe because chunk ids are a hash of (paper, position, text): a
+re-run asks Chroma which ids it already has and embeds only the rest, so an ingest killed half-way
+just resumes. Chunks of a re-ingested paper whose ids are no longer produced (its abstract changed)
+are deleted after the new ones are stored.
+
+The collection's metadata records the embedding model (name, dimension, weights hash); opening it
+with another model is refused, so vectors of two models are never mixed. It also holds a
+``generation`` token, changed before any write: the BM25 index records the generation it was built
+from, and is rebuilt from the collection whenever the two differ (a killed ingest, another writer
+on a shared Chroma server, a deleted ``bm25`` folder).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rag.chunking import Chunk, chunk_papers
+from rag.corpus import Paper
+from rag.embedding import Embedder
+from rag.errors import IndexMissingError, ModelMismatchError, StoreError
+from rag.lexical import Bm25
+from rag.settings import Settings
+
+GET_BATCH = 2000  # ids per Chroma get/delete: bounded requests for big corpora
+WRITE_GROUP = 256  # chunks embedded and stored together: a kill -9 loses at most one group
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStats:
+    """What an ingest did."""
+
+    papers: int
+    chunks: int
+    embedded: int
+    skipped: int
+    deleted: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkHit:
+    """A chunk found by a search, with the search's own score (higher is better)."""
+
+    chunk_id: str
+    paper_id: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class PaperRecord:
+    """A stored paper, as the answerer and the UI see it."""
+
+    id: str
+    title: str
+    abstract: str
+    url: str | None = None
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def make_client(settings: Settings) -> Any:
+    """A Chroma client: HTTP when ``chroma_url`` is set, else persistent under ``index_dir``."""
+    import chromadb
+
+    chroma_settings = chromadb.Settings(anonymized_telemetry=False)
+    try:
+        if settings.chroma_url:
+            from urllib.parse import urlparse
+
+            url = urlparse(settings.chroma_url)
+            return chromadb.HttpClient(
+                host=url.hostname or "127.0.0.1",
+                port=url.port or (443 if url.scheme == "https" else 8000),
+                ssl=url.scheme == "https",
+                settings=chroma_settings,
+            )
+        return chromadb.PersistentClient(path=str(settings.index_dir), settings=chroma_settings)
+    except Exception as exc:
+        where = settings.chroma_url or settings.index_dir
+        raise StoreError(f"cannot open the Chroma store at {where}: {exc}") from exc
+
+
+class Index:
+    """One collection of paper chunks, its model record and its BM25 twin."""
+
+    def __init__(self, settings: Settings, embedder: Embedder, client: Any | None = None) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.client = client if client is not None else make_client(settings)
+        self._collection: Any | None = None
+        self._bm25: Bm25 | None = None
+
+    # -- the collection -------------------------------------------------------------------------
+
+    def _model_record(self) -> dict[str, Any]:
+        return {
+            "embed_model": self.embedder.name,
+            "embed_dim": self.embedder.dim,
+            "embed_fingerprint": self.embedder.fingerprint,
+        }
+
+    def _check_model(self, metadata: dict[str, Any]) -> None:
+        built = (metadata.get("embed_fingerprint"), metadata.get("embed_dim"))
+        if built != (self.embedder.fingerprint, self.embedder.dim):
+            where = self.settings.chroma_url or self.settings.index_dir
+            raise ModelMismatchError(
+                f"the index at {where} (collection {self.settings.collection!r}) was built with "
+                f"embedding model {metadata.get('embed_model')!r} (dim {metadata.get('embed_dim')}, "
+                f"weights {str(metadata.get('embed_fingerprint'))[:12]}), but the configured model "
+                f"is {self.embedder.name!r} (dim {self.embedder.dim}, weights "
+                f"{self.embedder.fingerprint[:12]}); rebuild it with `rag ingest --rebuild`, or set "
+                f"RAG_EMBED_MODEL={metadata.get('embed_model')}"
+            )
+
+    def collection(self, create: bool = False) -> Any:
+        """The Chroma collection, checked against the embedder; created only when asked."""
+        if self._collection is not None:
+            return self._collection
+        name = self.settings.collection
+        try:
+            existing = {c if isinstance(c, str) else c.name for c in self.client.list_collections()}
+            if name not in existing:
+                if not create:
+                    raise IndexMissingError(
+                        "no index yet: run `rag ingest` first (it indexes the bundled corpus, or "
+                        "the files you name)"
+                    )
+                col = self.client.create_collection(
+                    name,
+                    metadata={**self._model_record(), "generation": uuid.uuid4().hex},
+                    configuration={"hnsw": {"space": "cosine"}},
+                    embedding_function=None,
+                )
+            else:
+                col = self.client.get_collection(name, embedding_function=None)
+        except (IndexMissingError, ModelMismatchError):
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot open collection {name!r}: {exc}") from exc
+        self._check_model(col.metadata or {})
+        self._collection = col
+        return col
+
+    def drop(self) -> None:
+        """Delete the collection and its BM25 index (``rag ingest --rebuild``)."""
+        try:
+            self.client.delete_collection(self.settings.collection)
+        except Exception:
+            pass
+        shutil.rmtree(self.settings.bm25_dir, ignore_errors=True)
+        self._collection = None
+        self._bm25 = None
+
+    def _new_generation(self) -> None:
+        col = self.collection()
+        col.modify(metadata={**(col.metadata or {}), "generation": uuid.uuid4().hex})
+
+    def generation(self) -> str:
+        """The collection's current generation token (re-read: another writer may have changed it)."""
+        col = self.client.get_collection(self.settings.collection, embedding_function=None)
+        return str((col.metadata or {}).get("generation", ""))
+
+    # -- ingest ---------------------------------------------------------------------------------
+
+    def _existing_ids(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for batch in _batches(ids, GET_BATCH):
+            found.update(self.collection().get(ids=list(batch), include=[])["ids"])
+        return found
+
+    def _ids_of_papers(self, paper_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for batch in _batches(paper_ids, GET_BATCH):
+            where = {"paper_id": {"$in": list(batch)}}
+            found.update(self.collection().get(where=where, include=[])["ids"])
+        return found
+
+    def ingest(
+        self, papers: Sequence[Paper], progress: Callable[[int, int], None] | None = None
+    ) -> IngestStats:
+        """Store ``papers``: embed only new chunks, drop replaced ones; ``progress(done, total)``."""
+        started = time.perf_counter()
+        col = self.collection(create=True)
+        chunks = chunk_papers(papers, self.embedder, overlap=self.settings.chunk_overlap)
+        by_paper = {p.id: p for p in papers}
+        present = self._existing_ids([c.id for c in chunks])
+        todo = [c for c in chunks if c.id not in present]
+        wanted = {c.id for c in chunks}
+        stale = sorted(self._ids_of_papers(list(by_paper)) - wanted)
+        if todo or stale:
+            self._new_generation()  # before writing: a crash from here on leaves BM25 marked stale
+        done = 0
+        for group in _batches(todo, WRITE_GROUP):
+            vectors = self.embedder.embed_documents([c.text for c in group])
+            for batch in _batches(range(len(group)), self.client.get_max_batch_size()):
+                part = [group[i] for i in batch]
+                col.upsert(
+                    ids=[c.id for c in part],
+                    embeddings=vectors[list(batch)],
+                    documents=[c.text for c in part],
+                    metadatas=[_metadata(c, by_paper[c.paper_id]) for c in part],
+                )
+            done += len(group)
+            if progress is not None:
+                progress(done, len(todo))
+        for batch in _batches(stale, GET_BATCH):
+            col.delete(ids=list(batch))
+        self.bm25()
+        return IngestStats(
+            papers=len(papers),
+            chunks=len(chunks),
+            embedded=len(todo),
+            skipped=len(chunks) - len(todo),
+            deleted=len(stale),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Number of chunks stored."""
+        return int(self.collection().count())
+
+    def _all_chunks(self) -> tuple[list[str], list[str], list[str]]:
+        col = self.collection()
+        ids: list[str] = []
+        docs: list[str] = []
+        papers: list[str] = []
+        total = col.count()
+        for offset in range(0, total, GET_BATCH):
+            got = col.get(include=["documents", "metadatas"], limit=GET_BATCH, offset=offset)
+            ids += got["ids"]
+            docs += got["documents"]
+            papers += [m["paper_id"] for m in got["metadatas"]]
+        return ids, docs, papers
+
+    def bm25(self) -> Bm25:
+        """The BM25 index of the current generation: in memory, on disk, or rebuilt if stale."""
+        generation = self.generation()
+        if self._bm25 is not None and self._bm25.generation == generation:
+            return self._bm25
+        bm25 = Bm25.load(self.settings.bm25_dir)
+        if bm25 is None or bm25.generation != generation:
+            ids, docs, papers = self._all_chunks()
+            bm25 = Bm25.build(ids, docs, papers, generation)
+            bm25.save(self.settings.bm25_dir)
+        self._bm25 = bm25
+        return bm25
+
+    def search_dense(self, vector: np.ndarray, n: int) -> list[ChunkHit]:
+        """The ``n`` chunks nearest to ``vector`` (score = cosine similarity)."""
+        col = self.collection()
+        n = min(n, col.count())
+        if n == 0:
+            return []
+        res = col.query(query_embeddings=[vector], n_results=n, include=["metadatas", "distances"])
+        return [
+            ChunkHit(cid, meta["paper_id"], 1.0 - float(dist))
+            for cid, meta, dist in zip(
+                res["ids"][0], res["metadatas"][0], res["distances"][0], strict=True
+            )
+        ]
+
+    def papers_with_similarity(
+        self, paper_ids: Sequence[str], vector: np.ndarray
+    ) -> tuple[dict[str, PaperRecord], dict[str, float]]:
+        """Records of the given papers, and each one's best chunk cosine similarity to ``vector``.
+
+        The similarity is computed from the stored vectors of all the paper's chunks, so a paper
+        found only by BM25 still gets a dense score the answerer can weigh.
+        """
+        if not paper_ids:
+            return {}, {}
+        got = self.collection().get(
+            where={"paper_id": {"$in": list(paper_ids)}}, include=["metadatas", "embeddings"]
+        )
+        records: dict[str, PaperRecord] = {}
+        similarity: dict[str, float] = {}
+        sims = np.asarray(got["embeddings"], dtype=np.float32) @ vector.astype(np.float32)
+        for meta, sim in zip(got["metadatas"], sims, strict=True):
+            pid = meta["paper_id"]
+            similarity[pid] = max(similarity.get(pid, -1.0), float(sim))
+            if meta["position"] == 0:
+                records[pid] = PaperRecord(pid, meta["title"], meta["abstract"], meta.get("url"))
+        return records, similarity
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and the model record, for ``rag doctor`` and the UI."""
+        col = self.collection()
+        meta = col.metadata or {}
+        return {
+            "collection": self.settings.collection,
+            "chunks": int(col.count()),
+            "papers": len(set(self.bm25().paper_ids)),
+            "embed_model": meta.get("embed_model"),
+            "embed_dim": meta.get("embed_dim"),
+            "embed_fingerprint": meta.get("embed_fingerprint"),
+        }
+
+
+def _metadata(chunk: Chunk, paper: Paper) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "paper_id": chunk.paper_id,
+        "title": paper.title,
+        "position": chunk.position,
+        "sources": json.dumps(list(paper.sources)),
+    }
+    if chunk.position == 0:
+        meta["abstract"] = paper.abstract  # the answerer quotes whole abstracts, not chunks
+    for key in ("url", "date"):
+        if getattr(paper, key):
+            meta[key] = getattr(paper, key)
+    if paper.authors:
+        meta["authors"] = ", ".join(paper.authors)
+    if paper.categories:
+        meta["categories"] = " ".join(paper.categories)
+    return meta

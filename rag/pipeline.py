@@ -1,0 +1,187 @@
+"""The library API: ``Rag(settings).ingest(...)`` and ``Rag(settings).ask(...)``.
+
+The CLI and the UI are thin layers over this class. It owns nothing global: everything comes from
+the ``Settings`` it is given, and the embedder, chat model and Chroma client can be passed in (tests
+pass a scripted chat model, the UI shares one ``Rag`` between users).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from rag import citations
+from rag.answer import NOT_FOUND, ChatModel, ExtractiveAnswerer, make_query
+from rag.corpus import Paper, load_bundled, load_paths
+from rag.embedding import Embedder, load_embedder
+from rag.errors import InputError
+from rag.index import Index, IngestStats
+from rag.lexical import Glossary
+from rag.retrieval import Mode, Retrieved, Retriever
+from rag.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    """A cited paper, numbered as in the answer text."""
+
+    n: int
+    paper_id: str
+    title: str
+
+
+@dataclass
+class AskResult:
+    """A checked answer and everything needed to show or score it."""
+
+    question: str
+    answer: str
+    abstained: bool
+    citations: list[Citation]
+    retrieved: list[Retrieved]
+    model: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``rag ask --json`` object."""
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "abstained": self.abstained,
+            "citations": [
+                {"n": c.n, "paper_id": c.paper_id, "title": c.title} for c in self.citations
+            ],
+            "retrieved": [
+                {"paper_id": r.paper.id, "title": r.paper.title, "score": round(r.score, 6)}
+                for r in self.retrieved
+            ],
+            "model": self.model,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+        }
+
+
+class Rag:
+    """Ingest papers and answer questions about them with cited sources."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder | None = None,
+        chat_model: ChatModel | None = None,
+        client: Any | None = None,
+    ) -> None:
+        self.settings = settings
+        self._embedder = embedder
+        self.chat_model: ChatModel = chat_model or ExtractiveAnswerer()
+        self._client = client
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        """The configured embedder (weights verified, nothing heavy loaded yet)."""
+        return self._embedder or load_embedder(self.settings)
+
+    @cached_property
+    def glossary(self) -> Glossary:
+        """The query-expansion glossary (bundled unless ``RAG_GLOSSARY`` names another)."""
+        path = self.settings.glossary or Path(__file__).parent / "data" / "glossary.txt"
+        try:
+            return Glossary.load(path)
+        except OSError as exc:
+            raise InputError(f"cannot read the glossary {path}: {exc.strerror}") from None
+
+    @cached_property
+    def index(self) -> Index:
+        """The configured index."""
+        return Index(self.settings, self.embedder, client=self._client)
+
+    def load(self, paths: Sequence[Path | str] | None = None) -> list[Paper]:
+        """Parse ``paths`` (default: the bundled corpus); fails before anything is written."""
+        return load_paths(paths) if paths else load_bundled()
+
+    def ingest(
+        self,
+        paths: Sequence[Path | str] | None = None,
+        rebuild: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> IngestStats:
+        """Index the papers in ``paths`` (or the bundled corpus) idempotently."""
+        papers = self.load(paths)  # parse everything first: a bad file must not touch the index
+        if rebuild:
+            self.index.drop()
+        return self.index.ingest(papers, progress=progress)
+
+    def has_index(self) -> bool:
+        """Whether a collection exists (it may be empty)."""
+        names = {c if isinstance(c, str) else c.name for c in self.index.client.list_collections()}
+        return self.settings.collection in names
+
+    def validate(self, question: str, k: int | None) -> tuple[str, int]:
+        """The cleaned question and k, or an ``InputError`` saying what is wrong."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError(
+                "the question is empty: ask something, e.g. 'which papers target Hopper GPUs?'"
+            )
+        question = " ".join(question.split())
+        limit = self.settings.max_question_chars
+        if len(question) > limit:
+            raise InputError(
+                f"the question is {len(question):,} characters long; the limit is {limit:,} "
+                "(RAG_MAX_QUESTION_CHARS)"
+            )
+        k = self.settings.top_k if k is None else k
+        if not 1 <= k <= 100:
+            raise InputError(f"k must be between 1 and 100, not {k}")
+        return question, k
+
+    def stream(
+        self, question: str, k: int | None = None, mode: Mode = "hybrid"
+    ) -> Iterator[str | AskResult]:
+        """Yield the answer's text pieces as they are written, then the checked ``AskResult``."""
+        started = time.perf_counter()
+        question, k = self.validate(question, k)
+        bm25 = self.index.bm25()
+        query = make_query(question, bm25.idf, bm25.max_idf, self.glossary)
+        shown = max(k, self.settings.list_k) if query.kind == "list" else k
+        sources = Retriever(self.index, mode).retrieve(self.glossary.expand(question), shown)
+        retrieved_at = time.perf_counter()
+        renumberer = citations.Renumberer(len(sources))
+        shown = []
+        for piece in self.chat_model.stream(query, sources):
+            if text := renumberer.feed(piece):
+                shown.append(text)
+                yield text
+        if text := renumberer.flush():
+            shown.append(text)
+            yield text
+        generated_at = time.perf_counter()
+        checked = citations.finish(renumberer, "".join(shown))
+        cited = [
+            Citation(n, sources[pos - 1].paper.id, sources[pos - 1].paper.title)
+            for n, pos in enumerate(checked.cited, start=1)
+        ]
+        yield AskResult(
+            question=question,
+            answer=checked.text,
+            abstained=not cited and NOT_FOUND.rstrip(".") in checked.text,
+            citations=cited,
+            retrieved=list(sources),
+            model=self.chat_model.name,
+            timings_ms={
+                "retrieve": (retrieved_at - started) * 1000,
+                "generate": (generated_at - retrieved_at) * 1000,
+                "total": (time.perf_counter() - started) * 1000,
+            },
+        )
+
+    def ask(self, question: str, k: int | None = None, mode: Mode = "hybrid") -> AskResult:
+        """Answer ``question`` from the top-``k`` papers (more for list questions)."""
+        result = None
+        for item in self.stream(question, k, mode):
+            if isinstance(item, AskResult):
+                result = item
+        assert result is not None  # stream always ends with the result
+        return result

@@ -1,0 +1,66 @@
+"""One settings object, read from ``RAG_*`` environment variables and an optional ``.env``.
+
+Only the edges (CLI, UI) construct ``Settings()`` from the environment; library code takes a
+``Settings`` argument, so tests build one explicitly and nothing reads ``os.environ`` behind their back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with its environment variable (``RAG_`` + upper-case field name)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    index_dir: Path = Field(
+        Path(".rag"),
+        description="Directory of the local Chroma index and the BM25 index beside it.",
+    )
+    chroma_url: str | None = Field(
+        None,
+        description="URL of a Chroma server (e.g. http://127.0.0.1:8000); when set, chunks and "
+        "vectors live there instead of in index_dir (the BM25 index stays in index_dir).",
+    )
+    collection: str = Field("papers", min_length=3, description="Chroma collection name.")
+    embed_model: str = Field(
+        DEFAULT_EMBED_MODEL,
+        description="sentence-transformers model name or path; 'hash' selects the deterministic "
+        "offline test embedder.",
+    )
+    embed_batch_size: int = Field(32, ge=1, le=4096, description="Chunks embedded per batch.")
+    embed_device: str | None = Field(
+        None,
+        description="torch device for ingest embedding (default: cuda when available, else cpu).",
+    )
+    chunk_overlap: int = Field(
+        48, ge=0, le=128, description="Tokens of trailing context repeated at a chunk's start."
+    )
+    top_k: int = Field(8, ge=1, le=100, description="Distinct papers retrieved for a question.")
+    list_k: int = Field(
+        30,
+        ge=1,
+        le=200,
+        description="Distinct papers shown to the answerer for a list question ('which papers...').",
+    )
+    glossary: Path | None = Field(
+        None,
+        description="Glossary file for query expansion ('family: member, ...' lines); default: "
+        "the bundled one of GPU families and common acronyms.",
+    )
+    max_question_chars: int = Field(
+        2000, ge=10, description="Longest question accepted, in characters."
+    )
+
+    @property
+    def bm25_dir(self) -> Path:
+        """Where the persisted BM25 index of the collection lives."""
+        return self.index_dir / "bm25" / self.collection

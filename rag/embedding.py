@@ -260,7 +260,7 @@ def load_embedder(settings: Settings) -> Embedder:
         expected_sha256=expected,
         device=settings.embed_device,
         batch_size=settings.embed_batch_size,
-        hash_cache=settings.index_dir / "model-hashes.json",
+        hash_cache=settings.cache_dir / "model-hashes.json",
     )
 
 

@@ -32,7 +32,7 @@ from rag.lexical import Bm25
 from rag.settings import Settings
 
 GET_BATCH = 2000  # ids per Chroma get/delete: bounded requests for big corpora
-WRITE_GROUP = 256  # chunks embedded and stored together: a kill -9 loses at most one group
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +99,16 @@ class Index:
     def __init__(self, settings: Settings, embedder: Embedder, client: Any | None = None) -> None:
         self.settings = settings
         self.embedder = embedder
-        self.client = client if client is not None else make_client(settings)
+        self._client = client
         self._collection: Any | None = None
         self._bm25: Bm25 | None = None
+
+    @property
+    def client(self) -> Any:
+        """The Chroma client, created on first use (so a missing index creates no directory)."""
+        if self._client is None:
+            self._client = make_client(self.settings)
+        return self._client
 
     # -- the collection -------------------------------------------------------------------------
 
@@ -130,6 +137,12 @@ class Index:
         if self._collection is not None:
             return self._collection
         name = self.settings.collection
+        local = not self.settings.chroma_url
+        if local and not create and not (self.settings.index_dir / "chroma.sqlite3").exists():
+            raise IndexMissingError(
+                f"no index yet in {self.settings.index_dir}: run `rag ingest` first (it indexes "
+                "the bundled corpus, or the files you name)"
+            )
         try:
             existing = {c if isinstance(c, str) else c.name for c in self.client.list_collections()}
             if name not in existing:
@@ -170,7 +183,11 @@ class Index:
 
     def generation(self) -> str:
         """The collection's current generation token (re-read: another writer may have changed it)."""
-        col = self.client.get_collection(self.settings.collection, embedding_function=None)
+        self.collection()  # raises the helpful errors if there is no (matching) collection
+        try:
+            col = self.client.get_collection(self.settings.collection, embedding_function=None)
+        except Exception as exc:  # noqa: BLE001 - deleted by another writer meanwhile
+            raise StoreError(f"cannot read collection {self.settings.collection!r}: {exc}") from exc
         return str((col.metadata or {}).get("generation", ""))
 
     # -- ingest ---------------------------------------------------------------------------------
@@ -203,7 +220,8 @@ class Index:
         if todo or stale:
             self._new_generation()  # before writing: a crash from here on leaves BM25 marked stale
         done = 0
-        for group in _batches(todo, WRITE_GROUP):
+        # Store each embedded batch at once: a kill -9 loses at most one batch of work.
+        for group in _batches(todo, self.settings.embed_batch_size):
             vectors = self.embedder.embed_documents([c.text for c in group])
             for batch in _batches(range(len(group)), self.client.get_max_batch_size()):
                 part = [group[i] for i in batch]

@@ -18,7 +18,7 @@ from rag import citations
 from rag.answer import NOT_FOUND, ChatModel, ExtractiveAnswerer, make_query
 from rag.corpus import Paper, load_bundled, load_paths
 from rag.embedding import Embedder, load_embedder
-from rag.errors import InputError
+from rag.errors import IndexMissingError, InputError
 from rag.index import Index, IngestStats
 from rag.lexical import Glossary
 from rag.retrieval import Mode, Retrieved, Retriever
@@ -116,8 +116,11 @@ class Rag:
 
     def has_index(self) -> bool:
         """Whether a collection exists (it may be empty)."""
-        names = {c if isinstance(c, str) else c.name for c in self.index.client.list_collections()}
-        return self.settings.collection in names
+        try:
+            self.index.collection()
+        except IndexMissingError:
+            return False
+        return True
 
     def validate(self, question: str, k: int | None) -> tuple[str, int]:
         """The cleaned question and k, or an ``InputError`` saying what is wrong."""

@@ -6,12 +6,17 @@ Only the edges (CLI, UI) construct ``Settings()`` from the environment; library 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rag-papers"
 
 
 class Settings(BaseSettings):
@@ -24,6 +29,10 @@ class Settings(BaseSettings):
     index_dir: Path = Field(
         Path(".rag"),
         description="Directory of the local Chroma index and the BM25 index beside it.",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Small caches, e.g. verified model-weight hashes ($XDG_CACHE_HOME/rag-papers).",
     )
     chroma_url: str | None = Field(
         None,

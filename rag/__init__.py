@@ -1,0 +1,46 @@
+"""Ask questions about a collection of research-paper abstracts and get cited answers.
+
+    from rag import Rag, Settings
+    rag = Rag(Settings())
+    rag.ingest()                       # the bundled corpus, or rag.ingest(["papers.jsonl"])
+    result = rag.ask("which papers target Hopper GPUs?")
+    print(result.answer, [c.title for c in result.citations])
+
+Importing this package is cheap: torch, sentence-transformers and chromadb load on first use.
+"""
+
+from rag.answer import NOT_FOUND, ChatModel, ExtractiveAnswerer
+from rag.corpus import Paper, load_paths
+from rag.embedding import Embedder, HashEmbedder
+from rag.errors import (
+    CorpusError,
+    EmbedderError,
+    IndexMissingError,
+    InputError,
+    ModelMismatchError,
+    RagError,
+    StoreError,
+)
+from rag.pipeline import AskResult, Citation, Rag
+from rag.settings import Settings
+
+__all__ = [
+    "NOT_FOUND",
+    "AskResult",
+    "ChatModel",
+    "Citation",
+    "CorpusError",
+    "Embedder",
+    "EmbedderError",
+    "ExtractiveAnswerer",
+    "HashEmbedder",
+    "IndexMissingError",
+    "InputError",
+    "ModelMismatchError",
+    "Paper",
+    "Rag",
+    "RagError",
+    "Settings",
+    "StoreError",
+    "load_paths",
+]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal, Protocol
 
 from rag.chunking import split_sentences
@@ -33,17 +34,23 @@ _LIST_QUESTION = re.compile(
     r"|\b(?:all|any|every|other)\s+(?:the\s+)?(?:papers?|works?|studies)\b",
     re.IGNORECASE,
 )
+
+
 # Words that shape a question but say nothing about its topic: "which papers ..." must not reward
 # abstracts for containing "paper".
-_SCAFFOLD = frozenset(
-    terms(
-        "paper papers work works study studies article articles list name find show give which "
-        "what who whose collection research researchers author authors publication discuss "
-        "describe mention address about propose proposes target targets focus focuses tackle "
-        "explore investigate deal how can could would should do does did use used using uses "
-        "both also way ways help get make there is are any some way"
+@lru_cache(maxsize=1)
+def _scaffold() -> frozenset[str]:
+    return frozenset(
+        terms(
+            "paper papers work works study studies article articles list name find show give "
+            "which what who whose collection research researchers author authors publication "
+            "discuss describe mention address about propose proposes target targets focus "
+            "focuses tackle explore investigate deal how can could would should do does did use "
+            "used using uses both also way ways help get make there is are any some"
+        )
     )
-)
+
+
 _SUMMARY = re.compile(
     r"\b(?:we (?:propose|present|introduce|develop|design|study|describe)|this (?:paper|work)|"
     r"in this (?:paper|work))\b",
@@ -94,7 +101,7 @@ def make_query(
     A glossary family ("hopper") is matched by any of its members ("h100", "gh200").
     """
     question_terms = terms(question)
-    topic = [t for t in dict.fromkeys(question_terms) if t not in _SCAFFOLD]
+    topic = [t for t in dict.fromkeys(question_terms) if t not in _scaffold()]
     alternatives = glossary.alternatives(question_terms) if glossary else {}
     # A multi-word family ("kv cach") is represented by its last word, which is also a topic term.
     per_term = {key.split()[-1]: members for key, members in alternatives.items()}

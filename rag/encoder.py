@@ -29,9 +29,9 @@ _ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
           -1.60960333262415e-02)  # fmt: skip
 _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
           -7.37332916720468e-03, -1.42647390514189e-02)  # fmt: skip
-# Rows of the feed-forward block processed at once: keeps the (rows, intermediate) activation small
-# enough to stay in cache while GELU's dozen elementwise passes run over it.
-_FFN_ROWS = 1024
+# Tokens per forward pass (rows x padded length): small enough that the attention scores and the
+# FFN activation stay in the L3 cache across softmax's and GELU's many elementwise passes.
+_MAX_TOKENS = 2048
 
 
 class _Layer(NamedTuple):
@@ -248,11 +248,9 @@ class BertEncoder:
             attn = _linear((scores @ v).transpose(0, 2, 1, 3).reshape(b * n, h), lay.out)
             attn += x
             x = _layer_norm(attn, lay.ln1, self._eps)
-            for s in range(0, b * n, _FFN_ROWS):
-                rows = x[s : s + _FFN_ROWS]
-                ffn = _linear(_gelu_(_linear(rows, lay.inter)), lay.ffn)
-                ffn += rows
-                rows[...] = _layer_norm(ffn, lay.ln2, self._eps)
+            ffn = _linear(_gelu_(_linear(x, lay.inter)), lay.ffn)
+            ffn += x
+            x = _layer_norm(ffn, lay.ln2, self._eps)
         weights = mask.astype(np.float32)[:, :, None]
         summed = (x.reshape(b, n, h) * weights).sum(axis=1)
         return summed / np.maximum(weights.sum(axis=1), np.float32(1e-9))
@@ -270,9 +268,11 @@ class BertEncoder:
             return out
         token_ids = self._token_ids(texts)
         order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            n = max(len(token_ids[i]) for i in chunk)
+        start = 0
+        while start < len(order):
+            n = len(token_ids[order[start]])  # the longest of its batch: order is by length
+            chunk = order[start : start + min(batch_size, max(1, _MAX_TOKENS // n))]
+            start += len(chunk)
             ids = np.zeros((len(chunk), n), dtype=np.int64)
             mask = np.zeros((len(chunk), n), dtype=bool)
             for row, i in enumerate(chunk):

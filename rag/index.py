@@ -170,7 +170,7 @@ class Index:
         """Delete the collection and its BM25 index (``rag ingest --rebuild``)."""
         try:
             self.client.delete_collection(self.settings.collection)
-        except Exception:
+        except Exception:  # noqa: BLE001 - nothing to drop is fine
             pass
         shutil.rmtree(self.settings.bm25_dir, ignore_errors=True)
         self._collection = None

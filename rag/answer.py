@@ -28,10 +28,11 @@ NOT_FOUND = "The answer was not found in this collection."
 QuestionKind = Literal["single", "list"]
 
 _LIST_QUESTION = re.compile(
-    r"^\s*(?:which|what)\s+(?:\w+\s+){0,2}?(?:papers?|works?|studies|articles|publications|"
+    # Plural nouns only: "which paper proposes X" has one answer, "which papers target X" many.
+    r"^\s*(?:which|what)\s+(?:\w+\s+){0,2}?(?:papers|works|studies|articles|publications|"
     r"methods|approaches|systems|techniques|models|frameworks|benchmarks|datasets|tools)\b"
-    r"|^\s*(?:list|name|enumerate|find|show|give me|are there)\b"
-    r"|\b(?:all|any|every|other)\s+(?:the\s+)?(?:papers?|works?|studies)\b",
+    r"|^\s*(?:list|name|enumerate|find all|show all|give me all|are there)\b"
+    r"|\b(?:all|any|every|other)\s+(?:the\s+)?(?:papers|works|studies)\b",
     re.IGNORECASE,
 )
 

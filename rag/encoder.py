@@ -2,15 +2,15 @@
 
 ``rag ask`` is a short-lived process and importing torch costs seconds, so the question is embedded
 here instead: Transformer -> mean Pooling -> optional Normalize, reproducing
-``SentenceTransformer.encode`` to float32 rounding. Only numpy, tokenizers and safetensors are
-imported, which keeps import plus weight loading to a small fraction of a second.
+``SentenceTransformer.encode`` to float32 rounding. Only numpy and tokenizers are imported and the
+safetensors file is memory-mapped, so import plus loading takes a small fraction of a second.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,6 +21,7 @@ from rag.errors import EmbedderError
 
 _WORD_KEY = "embeddings.word_embeddings.weight"
 _ST_PREFIX = "sentence_transformers."
+_BERT_ARCH = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute"}
 _DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}  # others (int ids, bf16) are never needed
 # Eigen/XLA float32 erf: x * P(x^2) / Q(x^2) on [-4, 4]. Its absolute error is ~4e-7, so GELU is
 # within ~1.5e-6 of torch's exact-erf GELU, far inside the embedding tolerance, and it needs no exp.
@@ -31,7 +32,7 @@ _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
           -7.37332916720468e-03, -1.42647390514189e-02)  # fmt: skip
 # Tokens per forward pass (rows x padded length): small enough that the attention scores and the
 # FFN activation stay in the L3 cache across softmax's and GELU's many elementwise passes.
-_MAX_TOKENS = 2048
+_MAX_TOKENS = 512
 
 
 class _Layer(NamedTuple):
@@ -52,8 +53,8 @@ def _read_json(path: Path) -> Any:
 def _map_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Tensors of a .safetensors file as read-only views of a memory map.
 
-    Nothing is copied up front: the 47 MB word-embedding table is only gathered from, so a query
-    reads a few of its pages instead of the whole file (safetensors.numpy.load_file costs ~90 ms).
+    The 47 MB word-embedding table is only gathered from, so a query reads a few of its pages
+    instead of the whole file (safetensors.numpy.load_file costs ~90 ms).
     """
     with path.open("rb") as f:
         size = int.from_bytes(f.read(8), "little")
@@ -83,11 +84,10 @@ def is_supported(model_dir: Path) -> bool:
     """
     model_dir = Path(model_dir)
     try:
-        config = _read_json(model_dir / "config.json")
+        # HF defaults apply to keys the config leaves out; model_type has no default.
+        config = {**_BERT_ARCH, "model_type": None, **_read_json(model_dir / "config.json")}
         modules = _read_json(model_dir / "modules.json")
-        if config.get("model_type") != "bert" or config.get("hidden_act", "gelu") != "gelu":
-            return False
-        if config.get("position_embedding_type", "absolute") != "absolute":
+        if any(config[key] != value for key, value in _BERT_ARCH.items()):
             return False
         kinds = _module_kinds(modules)
         if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
@@ -140,8 +140,8 @@ def _gelu_(x: np.ndarray) -> np.ndarray:
     p *= z
     p /= q
     p += 1.0
-    p *= 0.5
     x *= p
+    x *= 0.5
     return x
 
 
@@ -152,9 +152,7 @@ class BertEncoder:
         """Load float32 weights and the tokenizer from ``model_dir`` (see :func:`is_supported`)."""
         model_dir = Path(model_dir)
         if not is_supported(model_dir):
-            raise EmbedderError(
-                f"{model_dir}: not a BERT sentence-transformers model the numpy encoder can run"
-            )
+            raise EmbedderError(f"{model_dir}: not a model the numpy BERT encoder can run")
         config = _read_json(model_dir / "config.json")
         modules = _read_json(model_dir / "modules.json")
         self.dim: int = int(config["hidden_size"])
@@ -164,9 +162,8 @@ class BertEncoder:
         max_positions = int(config.get("max_position_embeddings", 512))
         sbert_path = model_dir / "sentence_bert_config.json"
         sbert = _read_json(sbert_path) if sbert_path.is_file() else {}
-        self.max_seq_length: int = min(
-            int(sbert.get("max_seq_length") or max_positions), max_positions
-        )
+        limit = int(sbert.get("max_seq_length") or max_positions)
+        self.max_seq_length: int = min(limit, max_positions)
 
         # tokenizer.json ships with truncation/padding to 128 baked in; callers count tokens and
         # take offsets with this tokenizer, so both are switched off and encode() truncates.
@@ -183,7 +180,7 @@ class BertEncoder:
         except (StopIteration, KeyError, ValueError, OSError) as exc:
             raise EmbedderError(f"{model_dir}: cannot load BERT weights ({exc!r})") from exc
 
-    def _load(self, w: Any, config: dict[str, Any]) -> None:
+    def _load(self, w: Callable[[str], np.ndarray], config: dict[str, Any]) -> None:
         """Keep the weights in the layout the forward pass wants (transposed, QKV fused)."""
 
         def lin(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -221,12 +218,10 @@ class BertEncoder:
         """Token ids with [CLS]/[SEP], truncated like HF's ``truncation="longest_first"``."""
         budget = self.max_seq_length - self._specials
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        out = []
         for enc in encodings:
             if len(enc.ids) > budget:
                 enc.truncate(budget)
-            out.append(self.tokenizer.post_process(enc).ids)
-        return out
+        return [self.tokenizer.post_process(enc).ids for enc in encodings]
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Mean-pooled last hidden states for one padded batch: (b, n) ids -> (b, dim)."""
@@ -236,16 +231,19 @@ class BertEncoder:
         x = _layer_norm(x.reshape(b * n, h), self._emb_ln, self._eps)
         # Padded keys get a huge negative score so their softmax weight underflows to exactly 0,
         # which is what makes a text's embedding independent of the batch it is padded into.
-        key_bias = np.where(mask, np.float32(0.0), np.float32(-1e9))[:, None, None, :]
+        key_bias = np.where(mask, 0.0, -1e9).astype(np.float32)[:, None, None]
         for lay in self._layers:
             qkv = _linear(x, lay.qkv).reshape(b, n, 3, heads, h // heads)
             q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each (b, heads, n, d_head)
             scores = q @ k.transpose(0, 1, 3, 2)
-            scores += key_bias
+            if not mask.all():
+                scores += key_bias
             scores -= scores.max(axis=-1, keepdims=True)
             np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
-            attn = _linear((scores @ v).transpose(0, 2, 1, 3).reshape(b * n, h), lay.out)
+            # Softmax's division is applied to the (n, d_head) context rather than the (n, n) scores.
+            ctx = scores @ v
+            ctx /= scores.sum(axis=-1, keepdims=True)
+            attn = _linear(ctx.transpose(0, 2, 1, 3).reshape(b * n, h), lay.out)
             attn += x
             x = _layer_norm(attn, lay.ln1, self._eps)
             ffn = _linear(_gelu_(_linear(x, lay.inter)), lay.ffn)
@@ -273,11 +271,9 @@ class BertEncoder:
             n = len(token_ids[order[start]])  # the longest of its batch: order is by length
             chunk = order[start : start + min(batch_size, max(1, _MAX_TOKENS // n))]
             start += len(chunk)
-            ids = np.zeros((len(chunk), n), dtype=np.int64)
-            mask = np.zeros((len(chunk), n), dtype=bool)
-            for row, i in enumerate(chunk):
-                ids[row, : len(token_ids[i])] = token_ids[i]
-                mask[row, : len(token_ids[i])] = True
+            mask = np.arange(n) < np.array([len(token_ids[i]) for i in chunk])[:, None]
+            ids = np.zeros(mask.shape, dtype=np.int64)
+            ids[mask] = np.concatenate([token_ids[i] for i in chunk])
             out[chunk] = self._forward(ids, mask)
         if self.normalize:
             # Same as torch.nn.functional.normalize: divide by max(norm, 1e-12).

@@ -1,0 +1,148 @@
+"""The index on a real Chroma server (``chroma run``), driven through the ``rag`` command."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import chromadb
+import pytest
+
+from rag.corpus import Paper
+from tests.conftest import cli_env, run_cli
+
+STARTUP_DEADLINE_S = 60
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def heartbeat(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2) as response:
+            return response.status == 200 and "heartbeat" in response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    chroma = Path(sys.executable).parent / "chroma"
+    assert chroma.exists(), f"no chroma executable next to {sys.executable}"
+    root = tmp_path_factory.mktemp("chroma-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = root / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(chroma),
+                "run",
+                "--path",
+                str(root / "data"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        while not heartbeat(url):
+            assert time.monotonic() < deadline, f"no heartbeat in {STARTUP_DEADLINE_S} s"
+            try:  # between polls, wait on the process itself: an early exit fails at once
+                code = proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                continue
+            pytest.fail(f"chroma exited with {code}:\n{log.read_text(errors='replace')}")
+        yield Server(url, port, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+def test_server_listens_on_loopback_only(chroma_server: Server) -> None:
+    assert urlparse(chroma_server.url).hostname == "127.0.0.1"
+    log = re.sub(r"\x1b\[[0-9;]*m", "", chroma_server.log.read_text(errors="replace"))
+    assert f"127.0.0.1:{chroma_server.port}" in log
+
+
+def test_ingest_and_ask_through_the_server(
+    chroma_server: Server,
+    tmp_path: Path,
+    corpus: list[Paper],
+) -> None:
+    papers = corpus[240:260]
+    source = tmp_path / "papers.jsonl"
+    source.write_text(
+        "".join(json.dumps({"title": p.title, "abstract": p.abstract}) + "\n" for p in papers),
+        encoding="utf-8",
+    )
+    index_dir = tmp_path / "index"
+    env = cli_env(index_dir, RAG_CHROMA_URL=chroma_server.url)
+
+    first = run_cli("ingest", "--json", str(source), env=env)
+    assert first.returncode == 0, first.stderr
+    counts = json.loads(first.stdout)
+    assert counts["papers"] == 20
+    assert counts["embedded"] == counts["chunks"] >= 20 and counts["skipped"] == 0
+
+    second = run_cli("ingest", "--json", str(source), env=env)
+    assert second.returncode == 0, second.stderr
+    again = json.loads(second.stdout)
+    assert again["embedded"] == 0 and again["skipped"] == counts["chunks"]
+
+    target = papers[11]
+    asked = run_cli("ask", "--json", target.title, env=env)
+    assert asked.returncode == 0, asked.stderr
+    out = json.loads(asked.stdout)
+    assert out["retrieved"][0]["paper_id"] == target.id
+    assert out["retrieved"][0]["title"] == target.title
+
+    # The chunks and vectors are on the server; only the BM25 index is local.
+    client = chromadb.HttpClient(
+        host="127.0.0.1",
+        port=chroma_server.port,
+        settings=chromadb.Settings(anonymized_telemetry=False),
+    )
+    names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
+    assert "papers" in names
+    col = client.get_collection("papers")
+    assert col.count() == counts["chunks"]
+    assert col.metadata["embed_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    stored = col.get(include=["metadatas"])
+    assert {m["paper_id"] for m in stored["metadatas"]} == {p.id for p in papers}
+    assert not (index_dir / "chroma.sqlite3").exists()
+    assert (index_dir / "bm25" / "papers" / "meta.json").exists()
+
+    doctor = run_cli("doctor", env=env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert f"Chroma server {chroma_server.url}" in doctor.stdout
+    assert "20 papers" in doctor.stdout

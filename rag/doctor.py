@@ -31,6 +31,14 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(Check("embedder", True, detail))
     except RagError as exc:
         return [Check("embedder", False, str(exc))]
+    if not settings.chroma_url and not (settings.index_dir / "chroma.sqlite3").exists():
+        # Opening a PersistentClient would create an empty index here: report, don't create.
+        checks.append(
+            Check("store", True, f"local Chroma at {settings.index_dir} (not created yet)")
+        )
+        checks.append(Check("index", False, "no index yet: run `rag ingest` first"))
+        checks.append(_llm_check())
+        return checks
     try:
         client = make_client(settings)
         client.heartbeat()
@@ -53,5 +61,9 @@ def run_checks(settings: Settings) -> list[Check]:
         )
     except RagError as exc:
         checks.append(Check("index", False, str(exc)))
-    checks.append(Check("llm", True, "none configured: the offline extractive answerer is used"))
+    checks.append(_llm_check())
     return checks
+
+
+def _llm_check() -> Check:
+    return Check("llm", True, "none configured: the offline extractive answerer is used")

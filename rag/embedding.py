@@ -204,7 +204,12 @@ class SentenceTransformerEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         """Embed a question with numpy when possible, else with sentence-transformers."""
         if self._encoder is not None:
-            vector = self._encoder.encode([text])[0]
+            from threadpoolctl import threadpool_limits
+
+            # One short question is a few small matmuls: BLAS threads only add hand-off latency,
+            # and on a busy machine waiting for a second core cost ~0.7 s instead of ~10 ms.
+            with threadpool_limits(limits=1, user_api="blas"):
+                vector = self._encoder.encode([text])[0]
         else:
             vector = self._model.encode([text], convert_to_numpy=True)[0]
         return _unit(np.asarray(vector, dtype=np.float32))

@@ -73,7 +73,11 @@ class Retriever:
             for ranking in (_ranks(dense), _ranks(lexical)):
                 for pid, rank in ranking.items():
                     fused[pid] = fused.get(pid, 0.0) + 1.0 / (RRF_K + rank)
-        top = sorted(fused, key=lambda pid: (-fused[pid], pid))[:k]
+        # RRF ties are common (ranks 1+2 vs 2+1): the raw scores settle them before the id does.
+        top = sorted(
+            fused,
+            key=lambda pid: (-fused[pid], -lexical.get(pid, 0.0), -dense.get(pid, -1.0), pid),
+        )[:k]
         records, similarity = self.index.papers_with_similarity(top, vector)
         return [
             Retrieved(records[pid], fused[pid], similarity.get(pid, 0.0), lexical.get(pid, 0.0))

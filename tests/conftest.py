@@ -17,10 +17,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded, ever
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rag.corpus import Paper, load_bundled  # noqa: E402
-from rag.embedding import load_embedder  # noqa: E402
-from rag.pipeline import Rag  # noqa: E402
-from rag.settings import Settings  # noqa: E402
+from rag.corpus import Paper, load_bundled
+from rag.embedding import load_embedder
+from rag.pipeline import Rag
+from rag.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,7 +31,7 @@ def make_settings(index_dir: Path, **overrides: object) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def embedder():  # noqa: ANN201 - the real sentence-transformers embedder
+def embedder():
     """The real default embedder, shared (its model loads once)."""
     return load_embedder(make_settings(Path("/nonexistent-index-dir-for-hash-cache")))
 
@@ -43,7 +43,7 @@ def corpus() -> list[Paper]:
 
 
 @pytest.fixture(scope="session")
-def built_index(tmp_path_factory: pytest.TempPathFactory, embedder) -> Path:  # noqa: ANN001
+def built_index(tmp_path_factory: pytest.TempPathFactory, embedder) -> Path:
     """Directory of a real index of the whole bundled corpus, built once per session."""
     index_dir = tmp_path_factory.mktemp("index") / ".rag"
     rag = Rag(make_settings(index_dir), embedder=embedder)
@@ -53,7 +53,7 @@ def built_index(tmp_path_factory: pytest.TempPathFactory, embedder) -> Path:  # 
 
 
 @pytest.fixture(scope="session")
-def rag(built_index: Path, embedder) -> Rag:  # noqa: ANN001
+def rag(built_index: Path, embedder) -> Rag:
     """A ``Rag`` over the session index (read-only use, please)."""
     return Rag(make_settings(built_index), embedder=embedder)
 

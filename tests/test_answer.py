@@ -14,7 +14,7 @@ from rag.retrieval import Retrieved
 IDF = {"hopper": 5.0, "gpu": 2.0, "kernel": 3.0, "fuse": 3.0, "quantum": 5.0}
 
 
-def query(text: str, glossary: Glossary | None = None):  # noqa: ANN201
+def query(text: str, glossary: Glossary | None = None):
     return make_query(text, lambda t: IDF.get(t, 0.0), 6.0, glossary)
 
 

@@ -15,7 +15,7 @@ from rag.chunking import chunk_papers
 from tests.conftest import REPO, cli_env, run_cli
 
 
-def test_ingest_killed_mid_way_then_rerun_is_complete(tmp_path: Path, corpus, embedder) -> None:  # noqa: ANN001
+def test_ingest_killed_mid_way_then_rerun_is_complete(tmp_path: Path, corpus, embedder) -> None:
     papers = corpus[:60]
     source = tmp_path / "papers.jsonl"
     source.write_text(

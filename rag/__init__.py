@@ -9,7 +9,8 @@
 Importing this package is cheap: torch, sentence-transformers and chromadb load on first use.
 """
 
-from rag.answer import NOT_FOUND, ChatModel, ExtractiveAnswerer
+from rag.answer import NOT_FOUND, ChatModel, ExtractiveAnswerer, ScriptedChatModel
+from rag.citations import Citation
 from rag.corpus import Paper, load_paths
 from rag.embedding import Embedder, HashEmbedder
 from rag.errors import (
@@ -17,11 +18,13 @@ from rag.errors import (
     EmbedderError,
     IndexMissingError,
     InputError,
+    LLMError,
     ModelMismatchError,
     RagError,
     StoreError,
 )
-from rag.pipeline import AskResult, Citation, Rag
+from rag.followup import Turn
+from rag.pipeline import AskResult, Rag
 from rag.settings import Settings
 
 __all__ = [
@@ -36,11 +39,14 @@ __all__ = [
     "HashEmbedder",
     "IndexMissingError",
     "InputError",
+    "LLMError",
     "ModelMismatchError",
     "Paper",
     "Rag",
     "RagError",
+    "ScriptedChatModel",
     "Settings",
     "StoreError",
+    "Turn",
     "load_paths",
 ]

@@ -20,10 +20,12 @@ from functools import lru_cache
 from typing import Literal, Protocol
 
 from rag.chunking import split_sentences
+from rag.followup import Turn, offline_rewrite
 from rag.lexical import Glossary, terms
 from rag.retrieval import Retrieved
 
 NOT_FOUND = "The answer was not found in this collection."
+OFFLINE = "offline"  # the name of the extractive answerer wherever a model is chosen
 
 QuestionKind = Literal["single", "list"]
 
@@ -123,6 +125,10 @@ class ChatModel(Protocol):
         """Yield the answer text; cite source i (1-based, as given) as [i]."""
         ...
 
+    def rewrite(self, question: str, history: Sequence[Turn]) -> str:
+        """The follow-up ``question`` as a standalone question, given the conversation so far."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Judged:
@@ -137,7 +143,7 @@ class Judged:
 class ExtractiveAnswerer:
     """Deterministic, offline: quotes the most relevant sentences of the relevant abstracts."""
 
-    name = "offline"
+    name = OFFLINE
 
     def __init__(
         self,
@@ -204,6 +210,10 @@ class ExtractiveAnswerer:
             chosen = [next((i for i, (s, _) in enumerate(weighted) if _SUMMARY.search(s)), 0)]
         return [weighted[i][0] for i in sorted(chosen)]
 
+    def rewrite(self, question: str, history: Sequence[Turn]) -> str:
+        """Follow-ups by the offline rule (``rag.followup.offline_rewrite``)."""
+        return offline_rewrite(question, history)
+
     def stream(self, query: Query, sources: Sequence[Retrieved]) -> Iterator[str]:
         """One line per relevant paper for list questions; the best sentences otherwise."""
         selected = self.select(query, sources)
@@ -221,3 +231,37 @@ class ExtractiveAnswerer:
             for sentence in self.best_sentences(query, j.source, 2):
                 parts.append(f"{sentence} [{j.position}]")
         yield " ".join(parts)
+
+
+Reply = str | Callable[[Query, Sequence[Retrieved]], str]
+
+
+class ScriptedChatModel:
+    """A chat model that says what it is told: for tests and demos (no network, deterministic).
+
+    Replies are queued with ``enqueue`` (a string, or a function of the query and the sources, e.g.
+    one that cites every source it was given); with an empty queue it answers ``default``. Each
+    reply streams word by word. ``history`` records every (query, sources) it was asked.
+    """
+
+    def __init__(self, default: Reply = NOT_FOUND, name: str = "scripted") -> None:
+        self.name = name
+        self.default = default
+        self.replies: list[Reply] = []
+        self.history: list[tuple[Query, list[Retrieved]]] = []
+        self.rewrites: list[str] = []
+
+    def enqueue(self, *replies: Reply) -> None:
+        """Answer the next questions with ``replies``, in order."""
+        self.replies.extend(replies)
+
+    def stream(self, query: Query, sources: Sequence[Retrieved]) -> Iterator[str]:
+        """Stream the next reply in word-sized pieces."""
+        self.history.append((query, list(sources)))
+        reply = self.replies.pop(0) if self.replies else self.default
+        text = reply if isinstance(reply, str) else reply(query, sources)
+        yield from re.findall(r"\S+\s*|\s+", text)
+
+    def rewrite(self, question: str, history: Sequence[Turn]) -> str:
+        """Queued rewrites first (``rewrites``), else the offline rule."""
+        return self.rewrites.pop(0) if self.rewrites else offline_rewrite(question, history)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ def _units(abstract: str, spans: Spans, budget: int) -> list[tuple[int, int, int
     units = []
     starts = [s for s, _ in spans]
     for s_start, s_end in split_sentences(abstract):
-        inside = [i for i, st in enumerate(starts) if s_start <= st < s_end]
+        inside = range(bisect_left(starts, s_start), bisect_left(starts, s_end))
         for k in range(0, max(len(inside), 1), budget):
             piece = inside[k : k + budget]
             if not piece:

@@ -17,6 +17,15 @@ _TRAILING_MARKERS = re.compile(r"([.!?])((?:\s*\[[\d\s,\-–]+\])+)")
 
 
 @dataclass(frozen=True, slots=True)
+class Citation:
+    """A cited paper, numbered as in the answer text."""
+
+    n: int
+    paper_id: str
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
 class CheckedText:
     """An answer after checking: its markers renumbered, and what was wrong with it."""
 

@@ -33,7 +33,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except RagError as exc:
-        fail(str(exc))
+        fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -107,12 +107,14 @@ def ingest(paths: tuple[Path, ...], as_json: bool, rebuild: bool) -> None:
         )
 
 
-def print_answer(rag: Any, question: str, k: int | None) -> None:
-    """Stream an answer to stdout, then its sources."""
+def print_answer(
+    rag: Any, question: str, k: int | None, model: str | None = None, history: Any = ()
+) -> Any:
+    """Stream an answer to stdout, then its sources; returns the ``AskResult``."""
     from rag.pipeline import AskResult
 
     result = None
-    for item in rag.stream(question, k):
+    for item in rag.stream(question, k, history=history, model=model):
         if isinstance(item, AskResult):
             result = item
         else:
@@ -123,20 +125,29 @@ def print_answer(rag: Any, question: str, k: int | None) -> None:
         click.echo("\nSources:")
         for c in result.citations:
             click.echo(f"  [{c.n}] {c.title}")
+    return result
+
+
+MODEL_HELP = "Chat model: 'offline' (extractive, no LLM) or a model of the configured LLM endpoint."
 
 
 @cli.command()
 @click.argument("question")
 @click.option("-k", "k", type=int, default=None, help="Distinct papers to retrieve (default 8).")
+@click.option("--model", "model", default=None, help=MODEL_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def ask(question: str, k: int | None, as_json: bool) -> None:
-    """Answer QUESTION from the indexed papers, citing them as [n]."""
+def ask(question: str, k: int | None, model: str | None, as_json: bool) -> None:
+    """Answer QUESTION from the indexed papers, citing them as [n].
+
+    With OPENAI_API_KEY or OPENAI_BASE_URL set, an LLM writes the answer; otherwise (or with
+    --model offline) the offline extractive answerer quotes the abstracts."""
     with user_errors():
         rag = make_rag()
         if as_json:
-            click.echo(json.dumps(rag.ask(question, k).to_dict(), ensure_ascii=False))
+            result = rag.ask(question, k, model=model)
+            click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         else:
-            print_answer(rag, question, k)
+            print_answer(rag, question, k, model)
 
 
 @cli.command()
@@ -151,14 +162,14 @@ def chat() -> None:
             click.echo("No index yet: indexing the bundled corpus (once).", err=True)
             rag.ingest(progress=progress_printer())
         click.echo(f"> {EXAMPLE_QUESTION}")
-        print_answer(rag, EXAMPLE_QUESTION, None)
+        history = [print_answer(rag, EXAMPLE_QUESTION, None).turn()]
         while sys.stdin.isatty():
             try:
                 question = click.prompt("\n>", prompt_suffix=" ")
             except (EOFError, click.Abort):
                 break
             try:
-                print_answer(rag, question, None)
+                history.append(print_answer(rag, question, None, history=history).turn())
             except RagError as exc:
                 click.echo(f"error: {exc}", err=True)
 

@@ -37,7 +37,7 @@ def run_checks(settings: Settings) -> list[Check]:
             Check("store", True, f"local Chroma at {settings.index_dir} (not created yet)")
         )
         checks.append(Check("index", False, "no index yet: run `rag ingest` first"))
-        checks.append(_llm_check())
+        checks.append(_llm_check(settings))
         return checks
     try:
         client = make_client(settings)
@@ -61,9 +61,24 @@ def run_checks(settings: Settings) -> list[Check]:
         )
     except RagError as exc:
         checks.append(Check("index", False, str(exc)))
-    checks.append(_llm_check())
+    checks.append(_llm_check(settings))
     return checks
 
 
-def _llm_check() -> Check:
-    return Check("llm", True, "none configured: the offline extractive answerer is used")
+def _llm_check(settings: Settings) -> Check:
+    """Ask the endpoint for its models, once and quickly: doctor must not hang on a dead server."""
+    if not settings.llm_configured:
+        return Check("llm", True, "none configured: the offline extractive answerer is used")
+    from rag.llm import OpenAIChatModel
+
+    quick = settings.model_copy(
+        update={"llm_retries": 0, "llm_timeout": min(settings.llm_timeout, 10)}
+    )
+    llm = OpenAIChatModel(quick)
+    try:
+        models = llm.models()
+    except RagError as exc:
+        return Check("llm", False, str(exc))
+    name = llm.name
+    listed = "listed" if name in models else f"not among the {len(models)} listed"
+    return Check("llm", name in models or not models, f"{llm.endpoint}: model {name!r} ({listed})")

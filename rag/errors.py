@@ -1,7 +1,8 @@
 """Errors raised by the library.
 
 Every error a user can cause is a ``RagError`` whose message is one readable line; the CLI prints it
-and exits 2, the UI shows it in the chat. Anything else is a bug and is allowed to surface.
+and exits with its ``exit_code`` (2 for bad input, 1 when a service failed), the UI shows it in the
+chat. Anything else is a bug and is allowed to surface.
 
     RagError
     ├── InputError          a question or option that cannot be used (empty, too long, bad k)
@@ -9,7 +10,8 @@ and exits 2, the UI shows it in the chat. Anything else is a bug and is allowed 
     ├── IndexMissingError   asked a question before anything was ingested
     ├── ModelMismatchError  the index was built by another embedding model
     ├── EmbedderError       the embedding model cannot be found, loaded or verified
-    └── StoreError          the vector store (local directory or Chroma server) is unusable
+    ├── StoreError          the vector store (local directory or Chroma server) is unusable
+    └── LLMError            the LLM endpoint failed (timeout, refused, 429/5xx, broken or empty reply)
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 class RagError(Exception):
     """Base class: a problem the user can fix, described in one line."""
+
+    exit_code = 2
 
 
 class InputError(RagError):
@@ -48,3 +52,9 @@ class EmbedderError(RagError):
 
 class StoreError(RagError):
     """The vector store cannot be opened or written."""
+
+
+class LLMError(RagError):
+    """The LLM endpoint failed after bounded retries; the message never contains the API key."""
+
+    exit_code = 1

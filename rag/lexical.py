@@ -171,6 +171,14 @@ class Bm25:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    @staticmethod
+    def saved_generation(directory: Path) -> str | None:
+        """The generation of the index saved in ``directory`` (None if none), without loading it."""
+        try:
+            return str(json.loads((directory / "meta.json").read_text())["generation"])
+        except (OSError, ValueError, KeyError):
+            return None
+
     @classmethod
     def load(cls, directory: Path) -> Bm25 | None:
         """The saved index, or None when there is none or it cannot be read (it is then rebuilt)."""

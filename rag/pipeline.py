@@ -15,23 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from rag import citations
-from rag.answer import NOT_FOUND, ChatModel, ExtractiveAnswerer, make_query
+from rag.answer import NOT_FOUND, OFFLINE, ChatModel, ExtractiveAnswerer, make_query
+from rag.citations import Citation
 from rag.corpus import Paper, load_bundled, load_paths
 from rag.embedding import Embedder, load_embedder
 from rag.errors import IndexMissingError, InputError
+from rag.followup import Turn
 from rag.index import Index, IngestStats
 from rag.lexical import Glossary
 from rag.retrieval import Mode, Retrieved, Retriever
 from rag.settings import Settings
-
-
-@dataclass(frozen=True, slots=True)
-class Citation:
-    """A cited paper, numbered as in the answer text."""
-
-    n: int
-    paper_id: str
-    title: str
 
 
 @dataclass
@@ -45,6 +38,13 @@ class AskResult:
     retrieved: list[Retrieved]
     model: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    invalid_citations: list[int] = field(default_factory=list)  # markers naming no given source
+    uncited_sentences: int = 0
+    standalone: str = ""  # the question as searched (a follow-up, rewritten)
+
+    def turn(self) -> Turn:
+        """This exchange as conversation history for a follow-up."""
+        return Turn(self.question, self.answer, tuple(self.citations), self.standalone)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``rag ask --json`` object."""
@@ -61,6 +61,8 @@ class AskResult:
             ],
             "model": self.model,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "invalid_citations": list(self.invalid_citations),
+            "uncited_sentences": self.uncited_sentences,
         }
 
 
@@ -76,13 +78,46 @@ class Rag:
     ) -> None:
         self.settings = settings
         self._embedder = embedder
-        self.chat_model: ChatModel = chat_model or ExtractiveAnswerer()
+        self._chat_model = chat_model
+        self._models: dict[str, ChatModel] = {}
         self._client = client
 
     @cached_property
     def embedder(self) -> Embedder:
         """The configured embedder (weights verified, nothing heavy loaded yet)."""
         return self._embedder or load_embedder(self.settings)
+
+    @cached_property
+    def chat_model(self) -> ChatModel:
+        """The default chat model: the one passed in, else the configured LLM, else offline."""
+        if self._chat_model is not None:
+            return self._chat_model
+        return self.model(self._default_model())
+
+    def _default_model(self) -> str:
+        # "" stands for the configured endpoint's default model (resolved by OpenAIChatModel).
+        if self.settings.llm_configured and self.settings.llm_model != OFFLINE:
+            return self.settings.llm_model or ""
+        return OFFLINE
+
+    def model(self, name: str | None) -> ChatModel:
+        """The chat model called ``name``: "offline", a model of the configured LLM endpoint, or
+        (None) the default."""
+        if name is None:
+            return self.chat_model
+        if name not in self._models:
+            if name == OFFLINE:
+                self._models[name] = ExtractiveAnswerer()
+            else:
+                from rag.llm import OpenAIChatModel
+
+                self._models[name] = OpenAIChatModel(self.settings, name or None)
+        return self._models[name]
+
+    def model_choices(self) -> list[str]:
+        """Models a user can pick: the default first, then "offline" if it is not the default."""
+        default = self.chat_model.name
+        return [default] if default == OFFLINE else [default, OFFLINE]
 
     @cached_property
     def glossary(self) -> Glossary:
@@ -141,19 +176,32 @@ class Rag:
         return question, k
 
     def stream(
-        self, question: str, k: int | None = None, mode: Mode = "hybrid"
+        self,
+        question: str,
+        k: int | None = None,
+        mode: Mode = "hybrid",
+        history: Sequence[Turn] = (),
+        model: str | None = None,
     ) -> Iterator[str | AskResult]:
-        """Yield the answer's text pieces as they are written, then the checked ``AskResult``."""
+        """Yield the answer's text pieces as they are written, then the checked ``AskResult``.
+
+        With ``history`` (earlier turns of a conversation), the question is first rewritten into
+        a standalone one by the chat model, so "what about the second one?" can be searched.
+        """
         started = time.perf_counter()
         question, k = self.validate(question, k)
+        chat_model = self.model(model)
+        standalone = question
+        if history:
+            standalone, _ = self.validate(chat_model.rewrite(question, history), k)
         bm25 = self.index.bm25()
-        query = make_query(question, bm25.idf, bm25.max_idf, self.glossary)
+        query = make_query(standalone, bm25.idf, bm25.max_idf, self.glossary)
         shown = max(k, self.settings.list_k) if query.kind == "list" else k
-        sources = Retriever(self.index, mode).retrieve(self.glossary.expand(question), shown)
+        sources = Retriever(self.index, mode).retrieve(self.glossary.expand(standalone), shown)
         retrieved_at = time.perf_counter()
         renumberer = citations.Renumberer(len(sources))
         shown = []
-        for piece in self.chat_model.stream(query, sources):
+        for piece in chat_model.stream(query, sources):
             if text := renumberer.feed(piece):
                 shown.append(text)
                 yield text
@@ -172,18 +220,28 @@ class Rag:
             abstained=not cited and NOT_FOUND.rstrip(".") in checked.text,
             citations=cited,
             retrieved=list(sources),
-            model=self.chat_model.name,
+            model=chat_model.name,
             timings_ms={
                 "retrieve": (retrieved_at - started) * 1000,
                 "generate": (generated_at - retrieved_at) * 1000,
                 "total": (time.perf_counter() - started) * 1000,
             },
+            invalid_citations=checked.invalid,
+            uncited_sentences=checked.uncited_sentences,
+            standalone=standalone,
         )
 
-    def ask(self, question: str, k: int | None = None, mode: Mode = "hybrid") -> AskResult:
+    def ask(
+        self,
+        question: str,
+        k: int | None = None,
+        mode: Mode = "hybrid",
+        history: Sequence[Turn] = (),
+        model: str | None = None,
+    ) -> AskResult:
         """Answer ``question`` from the top-``k`` papers (more for list questions)."""
         result = None
-        for item in self.stream(question, k, mode):
+        for item in self.stream(question, k, mode, history, model):
             if isinstance(item, AskResult):
                 result = item
         assert result is not None  # stream always ends with the result

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+OPENAI_API_URL = "https://api.openai.com/v1"
 
 
 def _default_cache_dir() -> Path:
@@ -23,7 +25,12 @@ class Settings(BaseSettings):
     """Everything configurable, with its environment variable (``RAG_`` + upper-case field name)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RAG_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="RAG_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        env_ignore_empty=True,  # "RAG_GLOSSARY=" in a .env means "default", not the path ""
+        populate_by_name=True,
     )
 
     index_dir: Path = Field(
@@ -68,6 +75,50 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(
         2000, ge=10, description="Longest question accepted, in characters."
     )
+
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"),
+        description="OpenAI API key (the SDK's own variable, OPENAI_API_KEY). Sent only to OpenAI, "
+        "never to a custom OPENAI_BASE_URL.",
+    )
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
+        description="OpenAI-compatible endpoint (the SDK's own variable, OPENAI_BASE_URL), e.g. "
+        "http://127.0.0.1:11434/v1 for Ollama or http://127.0.0.1:8000/v1 for vLLM.",
+    )
+    llm_api_key: SecretStr | None = Field(
+        None,
+        description="API key for the server at OPENAI_BASE_URL, if it needs one (keyless local "
+        "servers get a placeholder).",
+    )
+    llm_model: str | None = Field(
+        None,
+        description=f"Chat model name (default: {DEFAULT_OPENAI_MODEL} on OpenAI; on another "
+        "server, the first model it lists). 'offline' forces the extractive answerer.",
+    )
+    llm_timeout: float = Field(
+        60.0, gt=0, le=3600, description="Seconds to wait for the LLM to start or continue a reply."
+    )
+    llm_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries after a timeout, 429, 5xx, dropped connection or empty reply.",
+    )
+    llm_temperature: float = Field(0.0, ge=0, le=2, description="LLM sampling temperature.")
+    llm_max_tokens: int = Field(1024, ge=16, le=32768, description="Longest LLM answer, in tokens.")
+    prompts_dir: Path = Field(
+        Path(__file__).resolve().parent.parent / "prompts",
+        description="Directory of the prompt files (system.md, answer.md, rewrite.md, support.md); "
+        "default: prompts/ beside the rag package.",
+    )
+
+    @property
+    def llm_configured(self) -> bool:
+        """Whether an LLM endpoint is configured (an OpenAI key or a base URL)."""
+        return bool(self.openai_api_key or self.openai_base_url)
 
     @property
     def bm25_dir(self) -> Path:

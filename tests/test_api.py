@@ -14,7 +14,8 @@ def test_public_names() -> None:
     assert set(rag.__all__) == {
         "NOT_FOUND", "AskResult", "ChatModel", "Citation", "CorpusError", "Embedder",
         "EmbedderError", "ExtractiveAnswerer", "HashEmbedder", "IndexMissingError", "InputError",
-        "ModelMismatchError", "Paper", "Rag", "RagError", "Settings", "StoreError", "load_paths",
+        "LLMError", "ModelMismatchError", "Paper", "Rag", "RagError", "ScriptedChatModel",
+        "Settings", "StoreError", "Turn", "load_paths",
     }  # fmt: skip
     for name in rag.__all__:
         assert getattr(rag, name) is not None
@@ -22,7 +23,7 @@ def test_public_names() -> None:
 
 def test_errors_share_one_base() -> None:
     for name in ("CorpusError", "EmbedderError", "IndexMissingError", "InputError",
-                 "ModelMismatchError", "StoreError"):  # fmt: skip
+                 "ModelMismatchError", "StoreError", "LLMError"):  # fmt: skip
         assert issubclass(getattr(rag, name), rag.RagError)
 
 

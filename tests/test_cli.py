@@ -12,7 +12,10 @@ import pytest
 from rag.corpus import Paper
 from tests.conftest import cli_env, run_cli
 
-ASK_KEYS = {"question", "answer", "abstained", "citations", "retrieved", "model", "timings_ms"}
+ASK_KEYS = {
+    "question", "answer", "abstained", "citations", "retrieved", "model", "timings_ms",
+    "invalid_citations", "uncited_sentences",
+}  # fmt: skip
 MARKER = re.compile(r"\[(\d+(?:\s*[-–,]\s*\d+)*)\]")
 
 

@@ -6,6 +6,7 @@ import re
 
 import pytest
 from click.testing import CliRunner
+from pydantic import AliasChoices
 
 from rag.cli import cli
 from rag.settings import Settings
@@ -42,5 +43,7 @@ def test_help_works(name: str) -> None:
 
 def test_env_example_lists_every_setting() -> None:
     example = (REPO / ".env.example").read_text()
-    for field in Settings.model_fields:
-        assert f"RAG_{field.upper()}=" in example
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        env = alias.choices[0] if isinstance(alias, AliasChoices) else f"RAG_{name.upper()}"
+        assert f"\n# {env}=" in example, env

@@ -10,8 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from rag.chunking import split_sentences
+from rag.lexical import terms
+
 MARKER = re.compile(r"\s?\[(\d+(?:\s*[-–,]\s*\d+)*)\]")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_BULLET = re.compile(r"^(?:[-*•]|\d+[.)])\s+")
 # "Claim. [1]" and "Claim [1]." both cite the claim: move trailing markers before the full stop.
 _TRAILING_MARKERS = re.compile(r"([.!?])((?:\s*\[[\d\s,\-–]+\])+)")
 
@@ -111,8 +114,46 @@ def finish(renumberer: Renumberer, text: str) -> CheckedText:
     )
 
 
-def count_uncited(text: str) -> int:
-    """Sentences (or list lines) that carry no marker; headings ending in ':' are not claims."""
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A sentence of an answer (or one line of a list), its markers taken out."""
+
+    text: str
+    cited: list[int]  # the numbers its markers name, as written
+
+
+def claims(text: str) -> list[Claim]:
+    """The claims of an answer: each sentence, or each list line whole; headings (':') are not."""
     text = _TRAILING_MARKERS.sub(r"\2\1", text)
-    pieces = [p.strip() for p in _SENTENCE_END.split(text) if p.strip()]
-    return sum(1 for p in pieces if not MARKER.search(p) and not p.endswith(":"))
+    out: list[Claim] = []
+    for line in text.split("\n"):
+        line = line.strip()
+        if not line or line.endswith(":"):
+            continue
+        spans = [(0, len(line))] if _BULLET.match(line) else split_sentences(line)
+        for start, end in spans:
+            sentence = line[start:end]
+            cited = [n for m in MARKER.finditer(sentence) for n in expand(m.group(1))]
+            plain = _BULLET.sub("", MARKER.sub("", sentence)).strip()
+            if plain:
+                out.append(Claim(plain, cited))
+    return out
+
+
+def count_uncited(text: str) -> int:
+    """Claims that carry no marker."""
+    return sum(1 for claim in claims(text) if not claim.cited)
+
+
+def sentence_support(claim: str, text: str) -> list[tuple[int, int, float]]:
+    """Each sentence of ``text`` as (start, end, share of the claim's terms it contains).
+
+    A lexical measure: a quoted or closely paraphrased sentence scores near 1, an unrelated one 0.
+    The UI highlights the best-supporting sentences of a source with it; the evaluation's offline
+    support proxy is built on it (and is named as a proxy: it cannot judge meaning).
+    """
+    wanted = set(terms(claim))
+    spans = split_sentences(text) or [(0, len(text))]
+    if not wanted:
+        return [(a, b, 0.0) for a, b in spans]
+    return [(a, b, len(wanted & set(terms(text[a:b]))) / len(wanted)) for a, b in spans]

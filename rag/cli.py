@@ -75,6 +75,19 @@ def progress_printer() -> Callable[[int, int], None]:
     return show
 
 
+def progress_line(unit: str) -> Callable[[int, int], None]:
+    """Progress on stderr: a rewritten line at a terminal, every 10% in logs."""
+    tty = sys.stderr.isatty()
+
+    def show(done: int, total: int) -> None:
+        if tty:
+            click.echo(f"\r{done}/{total} {unit}", err=True, nl=done >= total)
+        elif done == total or done % max(1, total // 10) == 0:
+            click.echo(f"{done}/{total} {unit}", err=True)
+
+    return show
+
+
 @click.group()
 @click.version_option(package_name="rag-papers")
 def cli() -> None:
@@ -172,6 +185,91 @@ def chat() -> None:
                 history.append(print_answer(rag, question, None, history=history).turn())
             except RagError as exc:
                 click.echo(f"error: {exc}", err=True)
+
+
+@cli.command("eval")
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory for the results.",
+)
+@click.option("-k", "k", type=int, default=None, help="Distinct papers to retrieve (default 8).")
+@click.option("--model", "model", default=None, help=MODEL_HELP)
+@click.option(
+    "--retriever",
+    type=click.Choice(["hybrid", "dense", "bm25"]),
+    default="hybrid",
+    show_default=True,
+    help="Retrieval: dense + BM25 fused, or one of them alone.",
+)
+@click.option(
+    "--judge",
+    type=click.Choice(["auto", "llm", "proxy"]),
+    default="auto",
+    show_default=True,
+    help="Who judges support: the configured LLM (auto, when one is set) or the lexical proxy.",
+)
+@click.option(
+    "--gate",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="JSON of metric thresholds; exit 1 when a metric is past one (CI).",
+)
+def evaluate(
+    datasets: tuple[Path, ...],
+    out: Path,
+    k: int | None,
+    model: str | None,
+    retriever: str,
+    judge: str,
+    gate: Path | None,
+) -> None:
+    """Score answers to gold questions: DATASETS are JSONL files of {"id", "question", "type",
+    "gold_titles", "partial_titles"}. Writes results.jsonl, metrics.json, report.md and plots
+    into --out."""
+    from rag.eval_report import write_run
+    from rag.evaluation import check_gate, run_eval
+
+    with user_errors():
+        rag = make_rag()
+        run = run_eval(
+            rag, datasets, k, retriever, model, judge, progress=progress_line("questions")
+        )
+        metrics = write_run(run, out)
+        failures = check_gate(metrics, gate) if gate else []
+    for title in run.missing_titles:
+        click.echo(f"warning: gold title not in the index: {title}", err=True)
+    overall, by_type = metrics["overall"], metrics["by_type"]
+    click.echo(
+        f"citation F1 {overall['citation_f1']:.3f} (single {by_type['single']['citation_f1'] or 0:.3f}, "
+        f"list {by_type['list']['citation_f1'] or 0:.3f}); abstention accuracy "
+        f"{overall['abstention_accuracy'] or 0:.3f}; false abstentions "
+        f"{overall['false_abstention_rate'] or 0:.3f}; report: {out / 'report.md'}"
+    )
+    for failure in failures:
+        click.echo(f"gate: {failure}", err=True)
+    if failures:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write compare.md and compare.png here.",
+)
+def compare(runs: tuple[Path, ...], out: Path | None) -> None:
+    """Put several `rag eval` runs (their --out directories) side by side."""
+    from rag.eval_report import compare as compare_runs
+
+    with user_errors():
+        click.echo(compare_runs(list(runs), out), nl=False)
 
 
 @cli.command()

@@ -32,6 +32,10 @@ from rag.lexical import Bm25
 from rag.settings import Settings
 
 GET_BATCH = 2000  # ids per Chroma get/delete: bounded requests for big corpora
+# HNSW's search breadth. Chroma widens it to n_results for a larger query and keeps it widened, so
+# a question's hits would depend on the questions asked before it in the same process. Fixing it
+# above any n_results we ask for (search_dense caps n) makes every search independent of history.
+EF_SEARCH = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +157,15 @@ class Index:
                 col = self.client.create_collection(
                     name,
                     metadata={**self._model_record(), "generation": uuid.uuid4().hex},
-                    configuration={"hnsw": {"space": "cosine"}},
+                    configuration={"hnsw": {"space": "cosine", "ef_search": EF_SEARCH}},
                     embedding_function=None,
                 )
             else:
                 col = self.client.get_collection(name, embedding_function=None)
+                hnsw = (col.configuration or {}).get("hnsw") or {}
+                if create and hnsw.get("ef_search", EF_SEARCH) < EF_SEARCH:
+                    # An index built before EF_SEARCH existed: widen it once, when writing anyway.
+                    col.modify(configuration={"hnsw": {"ef_search": EF_SEARCH}})
         except (IndexMissingError, ModelMismatchError):
             raise
         except Exception as exc:
@@ -283,7 +291,7 @@ class Index:
     def search_dense(self, vector: np.ndarray, n: int) -> list[ChunkHit]:
         """The ``n`` chunks nearest to ``vector`` (score = cosine similarity)."""
         col = self.collection()
-        n = min(n, col.count())
+        n = min(n, col.count(), EF_SEARCH)
         if n == 0:
             return []
         res = col.query(query_embeddings=[vector], n_results=n, include=["metadatas", "distances"])
@@ -316,6 +324,16 @@ class Index:
             if meta["position"] == 0:
                 records[pid] = PaperRecord(pid, meta["title"], meta["abstract"], meta.get("url"))
         return records, similarity
+
+    def titles(self) -> set[str]:
+        """The title of every stored paper (read from the first chunk of each)."""
+        col, found = self.collection(), set()
+        for offset in range(0, col.count(), GET_BATCH):
+            got = col.get(
+                where={"position": 0}, include=["metadatas"], limit=GET_BATCH, offset=offset
+            )
+            found.update(m["title"] for m in got["metadatas"])
+        return found
 
     def stats(self) -> dict[str, Any]:
         """Counts and the model record, for ``rag doctor`` and the UI."""

@@ -132,6 +132,16 @@ class OpenAIChatModel:
         match = _REWRITE_PREFIX.match(line)
         return (match.group(1) if match else line).strip() or question
 
+    def judge_support(self, claim: str, evidence: str) -> bool:
+        """Whether ``evidence`` supports ``claim``, as the model judges it (``prompts/support.md``)."""
+        prompt = prompts.fill(
+            prompts.load(self.settings.prompts_dir, "support"),
+            evidence=prompts.defuse(evidence),
+            claim=prompts.defuse(claim),
+        )
+        reply = self.complete([{"role": "user", "content": prompt}])
+        return reply.strip().lower().lstrip("*\"' ").startswith("yes")
+
     # -- requests -----------------------------------------------------------------------------------
 
     def _options(self) -> dict[str, Any]:

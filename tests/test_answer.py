@@ -6,9 +6,10 @@ import re
 
 import pytest
 
-from rag.answer import NOT_FOUND, ExtractiveAnswerer, make_query, question_kind
+from rag.answer import NOT_FOUND, ExtractiveAnswerer
 from rag.index import PaperRecord
 from rag.lexical import Glossary, terms
+from rag.relevance import judge, make_query, question_kind
 from rag.retrieval import Retrieved
 
 IDF = {"hopper": 5.0, "gpu": 2.0, "kernel": 3.0, "fuse": 3.0, "quantum": 5.0}
@@ -47,8 +48,9 @@ def test_list_answer_has_one_cited_line_per_relevant_paper_and_leaves_out_the_re
     sources = [
         source("Dissecting Hopper", "We benchmark the Hopper GPU. Tensor cores are fast.", 0.55),
         source("Cooking", "We bake bread with sourdough. It rises.", 0.05),
+        # List membership is relative to the best paper: this one is close enough to it.
         source(
-            "Fused kernels", "We fuse kernels on Hopper GPUs for speed. Results are good.", 0.30
+            "Fused kernels", "We fuse kernels on Hopper GPUs for speed. Results are good.", 0.45
         ),
     ]
     text = "".join(ExtractiveAnswerer().stream(query("which papers target Hopper GPUs"), sources))
@@ -63,7 +65,7 @@ def test_a_match_only_inside_a_comparison_counts_less() -> None:
     uses = source("A", "We build a runtime for the H100 GPU.", 0.3)
     compares = source("B", "Our Intel GPU runtime outperforms the CUDA one on the H100 GPU.", 0.3)
     q = query("which papers target Hopper GPUs", Glossary({"hopper": ["h100"]}))
-    judged = {j.source.paper.title: j for j in ExtractiveAnswerer().judge(q, [compares, uses])}
+    judged = {j.source.paper.title: j for j in judge(q, [compares, uses])}
     assert judged["A"].coverage == pytest.approx(1.0)
     assert judged["B"].coverage < 0.6
     assert judged["A"].relevance > judged["B"].relevance

@@ -389,6 +389,17 @@ def test_malformed_file_leaves_the_index_as_it_was(
 # --- retrieval and answers on the whole corpus -----------------------------------------------
 
 
+def test_a_search_does_not_depend_on_the_searches_before_it(built_index: Path, embedder) -> None:
+    """Chroma keeps HNSW's search breadth widened after a large query; ours is fixed above any."""
+    fresh = Rag(make_settings(built_index), embedder=embedder)  # a new client, nothing asked yet
+    vector = embedder.embed_query("Which paper benchmarks LLM inference on TPU chips?")
+    before = [h.chunk_id for h in fresh.index.search_dense(vector, 64)]
+    fresh.index.search_dense(vector, 900)
+    assert [h.chunk_id for h in fresh.index.search_dense(vector, 64)] == before
+    configuration = fresh.index.collection().configuration
+    assert configuration["hnsw"]["ef_search"] >= 900
+
+
 def test_exact_title_finds_its_paper(corpus: list[Paper], rag: Rag) -> None:
     """Known gaps, asserted as such: the model alone misses 3 of these 31 titles at rank 1, and
     hybrid loses 2 exact RRF ties (dense rank 2 + BM25 rank 1 vs the reverse) to paper-id order."""

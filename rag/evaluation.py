@@ -1,0 +1,315 @@
+"""Citation-accuracy evaluation: gold questions in, per-question scores and averages out.
+
+Every question goes through ``Rag.ask`` exactly as ``rag ask`` would run it; scoring reads only
+the ``rag ask --json`` object, so any run's ``results.jsonl`` can be re-scored later. Gold answers
+are exact corpus titles (not ids), so any index build can be scored. The metrics are defined in
+eval/README.md; ``score`` below is that definition in code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rag.citations import MARKER, claims, expand, sentence_support
+from rag.corpus import normalise_title
+from rag.errors import CorpusError
+
+QuestionType = Literal["single", "list", "unanswerable"]
+TYPES: tuple[QuestionType, ...] = ("single", "list", "unanswerable")
+RETRIEVAL_METRICS = ("recall@5", "recall@10", "recall@20", "mrr", "ndcg@10")
+CITATION_METRICS = ("citation_precision", "citation_recall", "citation_f1", "citation_validity")
+HEADLINE = ("citation_f1", "abstention_accuracy", "false_abstention_rate")
+PROXY_SUPPORT = 0.5  # share of a claim's terms one cited sentence must contain (proxy judge)
+
+
+@dataclass(frozen=True, slots=True)
+class GoldQuestion:
+    """One line of a gold dataset."""
+
+    id: str
+    question: str
+    type: QuestionType
+    gold_titles: tuple[str, ...]
+    partial_titles: tuple[str, ...] = ()
+    dataset: str = ""  # the file it came from (its stem), e.g. "dev" or "heldout"
+
+
+def load_dataset(path: Path) -> list[GoldQuestion]:
+    """Read a JSONL gold set; extra keys are ignored, a missing type is inferred from the gold."""
+    questions: list[GoldQuestion] = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
+    except OSError as exc:
+        raise CorpusError(str(path), None, f"cannot read: {exc.strerror or exc}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(str(path), number, f"invalid JSON: {exc.msg}") from None
+        if not isinstance(record, dict):
+            raise CorpusError(str(path), number, "expected a JSON object")
+        questions.append(_question(record, Path(path), number))
+    if not questions:
+        raise CorpusError(str(path), None, "no questions found")
+    return questions
+
+
+def _question(record: dict[str, Any], path: Path, number: int) -> GoldQuestion:
+    def titles(key: str) -> tuple[str, ...]:
+        value = record.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+            raise CorpusError(str(path), number, f"'{key}' must be a list of titles")
+        return tuple(value)
+
+    question = record.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise CorpusError(str(path), number, "missing or empty 'question'")
+    gold = titles("gold_titles")
+    kind = record.get("type") or (
+        "unanswerable" if not gold else "single" if len(gold) == 1 else "list"
+    )
+    if kind not in TYPES:
+        raise CorpusError(str(path), number, f"'type' must be one of {', '.join(TYPES)}")
+    if (kind == "unanswerable") != (not gold):
+        raise CorpusError(
+            str(path), number, f"a {kind} question needs {'no' if gold else 'some'} gold_titles"
+        )
+    qid = str(record.get("id") or f"{path.stem}:{number}")
+    return GoldQuestion(qid, question, kind, gold, titles("partial_titles"), path.stem)
+
+
+# -- scoring one question -----------------------------------------------------------------------
+
+
+def _keys(titles: Iterable[str]) -> set[str]:
+    return {normalise_title(t) for t in titles}
+
+
+def recall_at(ranked: Sequence[str], gold: set[str], k: int) -> float:
+    """Share of the gold papers among the first ``k`` retrieved."""
+    return len(gold & set(ranked[:k])) / len(gold) if gold else 0.0
+
+
+def reciprocal_rank(ranked: Sequence[str], gold: set[str]) -> float:
+    """1 / rank of the first gold paper retrieved (0 when none is)."""
+    return next((1.0 / rank for rank, key in enumerate(ranked, start=1) if key in gold), 0.0)
+
+
+def ndcg_at(ranked: Sequence[str], gold: set[str], k: int) -> float:
+    """Binary-gain nDCG: gold papers gain 1, discounted by log2(rank + 1)."""
+    dcg = sum(1.0 / math.log2(rank + 1) for rank, key in enumerate(ranked[:k], 1) if key in gold)
+    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(len(gold), k) + 1))
+    return dcg / ideal if ideal else 0.0
+
+
+def marker_count(answer: str) -> int:
+    """Citation numbers in an answer's markers ("[1][2]" and "[1, 2]" are both 2)."""
+    return sum(len(expand(m.group(1))) for m in MARKER.finditer(answer))
+
+
+def score(gold: GoldQuestion, result: dict[str, Any]) -> dict[str, float | None]:
+    """The metrics of one answered question (None where a metric does not apply)."""
+    ranked = list(dict.fromkeys(normalise_title(r["title"]) for r in result["retrieved"]))
+    cited = list(dict.fromkeys(normalise_title(c["title"]) for c in result["citations"]))
+    gold_keys, acceptable = _keys(gold.gold_titles), _keys(gold.gold_titles + gold.partial_titles)
+    valid, invalid = marker_count(result["answer"]), len(result.get("invalid_citations", []))
+    abstained = bool(result["abstained"])
+    out: dict[str, float | None] = dict.fromkeys(RETRIEVAL_METRICS + CITATION_METRICS)
+    out["citation_validity"] = valid / (valid + invalid) if valid + invalid else None
+    if gold.type == "unanswerable":
+        out["abstention_accuracy"] = float(abstained and not cited)
+        out["false_abstention_rate"] = None
+        return out
+    for k in (5, 10, 20):
+        out[f"recall@{k}"] = recall_at(ranked, gold_keys, k)
+    out["mrr"] = reciprocal_rank(ranked, gold_keys)
+    out["ndcg@10"] = ndcg_at(ranked, gold_keys, 10)
+    precision = len([c for c in cited if c in acceptable]) / len(cited) if cited else 0.0
+    recall = len(gold_keys & set(cited)) / len(gold_keys)
+    out["citation_precision"], out["citation_recall"] = precision, recall
+    out["citation_f1"] = (
+        2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    )
+    out["abstention_accuracy"] = None
+    out["false_abstention_rate"] = float(abstained)
+    return out
+
+
+# -- support (ALCE-style): is each cited claim backed by the abstracts it cites? ---------------
+
+Judge = Callable[[str, str], bool]  # (claim, cited source text) -> supported?
+
+
+def proxy_judge(claim: str, evidence: str) -> bool:
+    """Lexical proxy: one sentence of the evidence holds at least half of the claim's terms."""
+    return any(share >= PROXY_SUPPORT for _, _, share in sentence_support(claim, evidence))
+
+
+def support(result: dict[str, Any], texts: dict[str, str], judge: Judge) -> float | None:
+    """Share of the cited claims whose cited sources (together) support them; None if none cite.
+
+    ``texts`` maps paper id to "title. abstract"; numbers are those of ``result["citations"]``.
+    """
+    by_number = {c["n"]: texts.get(c["paper_id"], "") for c in result["citations"]}
+    verdicts = [
+        judge(claim.text, "\n\n".join(by_number[n] for n in claim.cited if n in by_number))
+        for claim in claims(result["answer"])
+        if claim.cited
+    ]
+    return sum(verdicts) / len(verdicts) if verdicts else None
+
+
+# -- averaging ----------------------------------------------------------------------------------
+
+
+def mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that apply (None when none does)."""
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def aggregate(rows: Sequence[tuple[GoldQuestion, dict[str, float | None]]]) -> dict[str, Any]:
+    """Macro averages: per type, and overall (answerable questions, plus the abstention figures)."""
+    names = (*RETRIEVAL_METRICS, *CITATION_METRICS, "abstention_accuracy", "false_abstention_rate")
+
+    def average(subset: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
+        values = {name: mean(s.get(name) for s in subset) for name in names}
+        return {**values, "support": mean(s.get("support") for s in subset), "n": len(subset)}
+
+    by_type = {t: average([s for q, s in rows if q.type == t]) for t in TYPES}
+    answerable = average([s for q, s in rows if q.type != "unanswerable"])
+    overall = {**answerable, "n": len(rows)}
+    overall["abstention_accuracy"] = by_type["unanswerable"]["abstention_accuracy"]
+    overall["citation_validity"] = mean(s.get("citation_validity") for _, s in rows)
+    return {"overall": overall, "by_type": by_type}
+
+
+@dataclass
+class EvalRun:
+    """Everything ``rag eval`` writes: per-question results and scores, and their averages."""
+
+    questions: list[GoldQuestion]
+    results: list[dict[str, Any]]
+    scores: list[dict[str, float | None]]
+    config: dict[str, Any]
+    support_method: str
+    seconds: float = 0.0
+    missing_titles: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        """The metrics.json object (support kept apart from the headline figures)."""
+        rows = list(zip(self.questions, self.scores, strict=True))
+        summary = aggregate(rows)
+        datasets = sorted({q.dataset for q in self.questions})
+        by_dataset = {d: aggregate([r for r in rows if r[0].dataset == d]) for d in datasets}
+        return {
+            **summary,
+            "by_dataset": by_dataset,
+            "support": {
+                "method": self.support_method,
+                "overall": summary["overall"].pop("support"),
+                "by_type": {t: summary["by_type"][t].pop("support") for t in TYPES},
+            },
+            "config": {**self.config, "questions": len(rows), "seconds": round(self.seconds, 1)},
+        }
+
+
+def evaluate(
+    rag: Any,
+    questions: Sequence[GoldQuestion],
+    k: int | None = None,
+    mode: str = "hybrid",
+    model: str | None = None,
+    judge: Judge | None = None,
+    support_method: str = "lexical proxy",
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalRun:
+    """Ask every question through ``rag`` (a ``Rag``) and score the answers."""
+    started = time.perf_counter()
+    results, scores = [], []
+    for done, gold in enumerate(questions, start=1):
+        result = rag.ask(gold.question, k=k, mode=mode, model=model)
+        payload = {"id": gold.id, **result.to_dict()}
+        texts = {r.paper.id: f"{r.paper.title}. {r.paper.abstract}" for r in result.retrieved}
+        row = score(gold, payload)
+        row["support"] = support(payload, texts, judge or proxy_judge)
+        results.append(payload)
+        scores.append(row)
+        if progress is not None:
+            progress(done, len(questions))
+    chat_model = rag.model(model)
+    config = {
+        "retriever": mode,
+        "k": k or rag.settings.top_k,
+        "list_k": rag.settings.list_k,
+        "model": chat_model.name,
+        "embed_model": rag.settings.embed_model,
+        "datasets": sorted({q.dataset for q in questions}),
+    }
+    return EvalRun(
+        list(questions), results, scores, config, support_method, time.perf_counter() - started
+    )
+
+
+def run_eval(
+    rag: Any,
+    paths: Sequence[Path],
+    k: int | None = None,
+    mode: str = "hybrid",
+    model: str | None = None,
+    judge: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalRun:
+    """Load the datasets, check their titles against the index, evaluate, with the chosen judge."""
+    from rag.errors import InputError
+
+    questions = [q for path in paths for q in load_dataset(Path(path))]
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(f"question id {duplicate!r} appears more than once in the datasets")
+    if k is not None and not 1 <= k <= 100:
+        raise InputError(f"k must be between 1 and 100, not {k}")
+    use_llm = judge == "llm" or (judge == "auto" and rag.settings.llm_configured)
+    if use_llm:
+        from rag.llm import OpenAIChatModel
+
+        llm = OpenAIChatModel(rag.settings)
+        judge_fn, method = llm.judge_support, f"judged by {llm.name}"
+    else:
+        judge_fn, method = proxy_judge, "lexical proxy"
+    known = {normalise_title(t) for t in rag.index.titles()}
+    wanted = dict.fromkeys(t for q in questions for t in q.gold_titles)
+    run = evaluate(rag, questions, k, mode, model, judge_fn, method, progress)
+    run.missing_titles = [t for t in wanted if normalise_title(t) not in known]
+    return run
+
+
+def check_gate(metrics: dict[str, Any], path: Path) -> list[str]:
+    """Metrics past their thresholds: ``{"min": {"by_type.single.citation_f1": 0.9}, "max": {...}}``."""
+    from rag.errors import InputError
+
+    try:
+        gate = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the gate {path}: {exc}") from None
+    failures = []
+    for bound, limits in gate.items():
+        for dotted, limit in limits.items():
+            value: Any = metrics
+            for part in dotted.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if not isinstance(value, int | float):
+                raise InputError(f"gate {path}: no metric {dotted!r}")
+            if (bound == "min" and value < limit) or (bound == "max" and value > limit):
+                failures.append(f"{dotted} = {value:.3f}, {bound} allowed {limit}")
+    return failures

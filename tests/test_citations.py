@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag.citations import Renumberer, check, count_uncited, expand
+from rag.citations import Renumberer, check, claims, count_uncited, expand, sentence_support
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,29 @@ def test_uncited_sentences_are_counted() -> None:
     assert count_uncited("One [1]. Two. Three [2].") == 1
     assert count_uncited("Papers on this:\n- A: text. [1]\n- B: more. [2]") == 0
     assert count_uncited("Claim [1]. Another claim.") == 1
+
+
+def test_claims_are_sentences_or_list_lines_with_their_numbers() -> None:
+    text = (
+        "Papers in this collection on this question:\n"
+        "- Alpha: It uses e.g. FP8. It is fast. [1]\n"
+        "- Beta: quoted [2, 3]\n"
+        "First claim. [4] Second claim [5-6]. No citation here."
+    )
+    assert [(c.text, c.cited) for c in claims(text)] == [
+        ("Alpha: It uses e.g. FP8. It is fast.", [1]),  # a list line is one claim, whole
+        ("Beta: quoted", [2, 3]),
+        ("First claim.", [4]),  # "Claim. [4]" cites the claim before it
+        ("Second claim.", [5, 6]),
+        ("No citation here.", []),
+    ]
+    assert count_uncited(text) == 1  # the heading is not a claim
+
+
+def test_sentence_support_scores_each_sentence() -> None:
+    abstract = "We study bread. Our kernel fuses attention on GPUs. It is 2x faster."
+    scores = sentence_support("a kernel that fuses attention", abstract)
+    assert [abstract[a:b] for a, b, _ in scores] == [
+        "We study bread.", "Our kernel fuses attention on GPUs.", "It is 2x faster.",
+    ]  # fmt: skip
+    assert [round(share, 2) for _, _, share in scores] == [0.0, 1.0, 0.0]

@@ -104,7 +104,7 @@ class Rag:
     def model(self, name: str | None) -> ChatModel:
         """The chat model called ``name``: "offline", a model of the configured LLM endpoint, or
         (None) the default."""
-        if name is None:
+        if name is None or (self._chat_model is not None and name == self._chat_model.name):
             return self.chat_model
         if name not in self._models:
             if name == OFFLINE:

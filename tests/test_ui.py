@@ -425,29 +425,34 @@ def test_a_login_guards_the_app_and_its_monitoring(built_index: Path, embedder) 
 # --- `rag chat`, the real command ---------------------------------------------------------------
 
 
-def test_rag_chat_serves_the_app_on_localhost(built_index: Path) -> None:
+def test_rag_chat_serves_the_app_on_localhost(built_index: Path, tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rag", "chat", "--port", str(port)],
-        env=cli_env(built_index),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines_out: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines_out.put(x) for x in proc.stdout], daemon=True).start()
-    try:
-        first = lines_out.get(timeout=180)  # printed once the app is being served
-        assert first == f"Chat running on http://127.0.0.1:{port}/ (Ctrl-C to stop)\n"
-        out = client(f"http://127.0.0.1:{port}/").predict(HOPPER, api_name="/ask")
-        assert out["citations"]
-        assert httpx.get(f"http://127.0.0.1:{port}/monitoring").status_code == 403
-    finally:
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr
-    assert "Traceback" not in stderr and "Public link" not in "".join(lines_out.queue)
+    with (tmp_path / "stderr").open("w+") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rag", "chat", "--port", str(port)],
+            env=cli_env(built_index),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        printed: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [printed.put(x) for x in proc.stdout])
+        reader.start()
+        try:
+            first = printed.get(timeout=180)  # printed once the app is being served
+            assert first == f"Chat running on http://127.0.0.1:{port}/ (Ctrl-C to stop)\n"
+            out = client(f"http://127.0.0.1:{port}/").predict(HOPPER, api_name="/ask")
+            assert out["citations"]
+            assert httpx.get(f"http://127.0.0.1:{port}/monitoring").status_code == 403
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+            reader.join(timeout=60)  # everything it printed, up to its end
+        stderr.seek(0)
+        errors = stderr.read()
+    assert proc.returncode == 0, errors
+    assert "Traceback" not in errors and "Public link" not in "".join(printed.queue)
 
 
 def test_rag_chat_on_a_port_in_use(built_index: Path) -> None:

@@ -18,8 +18,6 @@ import click
 from rag.errors import RagError
 from rag.settings import Settings
 
-EXAMPLE_QUESTION = "Which papers target Hopper GPUs?"
-
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one line on stderr and exit."""
@@ -120,14 +118,12 @@ def ingest(paths: tuple[Path, ...], as_json: bool, rebuild: bool) -> None:
         )
 
 
-def print_answer(
-    rag: Any, question: str, k: int | None, model: str | None = None, history: Any = ()
-) -> Any:
-    """Stream an answer to stdout, then its sources; returns the ``AskResult``."""
+def print_answer(rag: Any, question: str, k: int | None, model: str | None = None) -> None:
+    """Stream an answer to stdout, then its sources."""
     from rag.pipeline import AskResult
 
     result = None
-    for item in rag.stream(question, k, history=history, model=model):
+    for item in rag.stream(question, k, model=model):
         if isinstance(item, AskResult):
             result = item
         else:
@@ -138,7 +134,6 @@ def print_answer(
         click.echo("\nSources:")
         for c in result.citations:
             click.echo(f"  [{c.n}] {c.title}")
-    return result
 
 
 MODEL_HELP = "Chat model: 'offline' (extractive, no LLM) or a model of the configured LLM endpoint."
@@ -163,28 +158,74 @@ def ask(question: str, k: int | None, model: str | None, as_json: bool) -> None:
             print_answer(rag, question, k, model)
 
 
-@cli.command()
-def chat() -> None:
-    """Build the index from the bundled corpus if there is none, then answer questions.
+class OneLineErrors(click.Command):
+    """A command whose bad options are one ``error:`` line and exit 2, like every other error."""
 
-    Answers the example question first; at a terminal, keeps reading questions until EOF.
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            fail(exc.format_message())
+
+
+def port_number(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """``--port``'s check (click's own range message reads poorly for a port)."""
+    if not 1 <= value <= 65535:
+        raise click.BadParameter(f"{value} is not a port number (1-65535)")
+    return value
+
+
+@cli.command(cls=OneLineErrors)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to serve on (0.0.0.0: every network interface; set RAG_UI_AUTH first).",
+)
+@click.option(
+    "--port",
+    type=int,
+    default=7860,
+    show_default=True,
+    callback=port_number,
+    help="Port to serve on.",
+)
+@click.option(
+    "--share",
+    is_flag=True,
+    help="Also serve on a public Gradio link (needs internet; set RAG_UI_AUTH first).",
+)
+def chat(host: str, port: int, share: bool) -> None:
+    """Serve the chat in the browser, at http://127.0.0.1:7860 by default.
+
+    Builds the index from the bundled corpus first if there is none. RAG_UI_AUTH="user:password"
+    asks for a login. Ctrl-C stops it.
     """
     with user_errors():
         rag = make_rag()
+        from rag import ui  # gradio: imported only by this command
+
+        ui.check_address(host, port)  # before the index build, which can take a minute
         if not rag.has_index() or rag.index.count() == 0:
             click.echo("No index yet: indexing the bundled corpus (once).", err=True)
             rag.ingest(progress=progress_printer())
-        click.echo(f"> {EXAMPLE_QUESTION}")
-        history = [print_answer(rag, EXAMPLE_QUESTION, None).turn()]
-        while sys.stdin.isatty():
-            try:
-                question = click.prompt("\n>", prompt_suffix=" ")
-            except (EOFError, click.Abort):
-                break
-            try:
-                history.append(print_answer(rag, question, None, history=history).turn())
-            except RagError as exc:
-                click.echo(f"error: {exc}", err=True)
+        if rag.settings.ui_login is None and (
+            share or host not in ("127.0.0.1", "localhost", "::1")
+        ):
+            click.echo(
+                "warning: no login is set (RAG_UI_AUTH), and others can reach this app", err=True
+            )
+        app = ui.build_app(rag, rag.settings)
+        try:
+            local_url, share_url = ui.launch(app, rag.settings, host, port, share)
+        except OSError as exc:  # taken between the check and now
+            fail(f"cannot serve on {host}:{port}: {exc.strerror or exc}")
+        click.echo(f"Chat running on {local_url} (Ctrl-C to stop)")
+        if share_url:
+            click.echo(f"Public link: {share_url}")
+        elif share:
+            click.echo("warning: no public link could be made (is there internet?)", err=True)
+        app.block_thread()
 
 
 @cli.command("eval")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -109,11 +109,48 @@ class Settings(BaseSettings):
     )
     llm_temperature: float = Field(0.0, ge=0, le=2, description="LLM sampling temperature.")
     llm_max_tokens: int = Field(1024, ge=16, le=32768, description="Longest LLM answer, in tokens.")
+    ui_auth: SecretStr | None = Field(
+        None,
+        description="Login for the browser chat as 'user:password' (the password may contain ':'); "
+        "unset: no login. Also guards Gradio's /monitoring dashboard, which is off without it.",
+    )
+    ui_concurrency: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Answers the browser chat and its /ask API generate at once; more requests wait "
+        "in the queue.",
+    )
+    ui_queue_size: int = Field(
+        64,
+        ge=1,
+        le=10000,
+        description="Requests the browser chat keeps waiting for a free slot; beyond it, new ones are "
+        "refused with 'queue full'.",
+    )
     prompts_dir: Path = Field(
         Path(__file__).resolve().parent.parent / "prompts",
         description="Directory of the prompt files (system.md, answer.md, rewrite.md, support.md); "
         "default: prompts/ beside the rag package.",
     )
+
+    @field_validator("ui_auth")
+    @classmethod
+    def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never repeats the value: it is a password.
+        if value is not None:
+            user, _, password = value.get_secret_value().partition(":")
+            if not user.strip() or not password:
+                raise ValueError("must be 'user:password', both non-empty")
+        return value
+
+    @property
+    def ui_login(self) -> tuple[str, str] | None:
+        """The browser chat's (user, password), or None when it needs no login."""
+        if self.ui_auth is None:
+            return None
+        user, _, password = self.ui_auth.get_secret_value().partition(":")
+        return user.strip(), password
 
     @property
     def llm_configured(self) -> bool:

@@ -28,19 +28,21 @@ def test_errors_share_one_base() -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import rag, sys; print(sorted(m for m in ('torch', 'sentence_transformers', 'chromadb', 'openai') if m in sys.modules))"
+    code = "import rag, sys; print(sorted(m for m in ('torch', 'sentence_transformers', 'chromadb', 'openai', 'gradio') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-def test_asking_never_imports_torch(built_index: Path) -> None:
-    """`rag ask` embeds the question with numpy: torch would cost ~9 s per cold start."""
+def test_asking_imports_neither_torch_nor_gradio(built_index: Path) -> None:
+    """`rag ask` embeds the question with numpy: torch would cost ~9 s per cold start (and
+    gradio, which only `rag chat` needs, ~4 s)."""
     code = (
         "import sys, json; from rag.cli import cli; "
         "sys.argv = ['rag', 'ask', '--json', 'which papers target Hopper GPUs']\n"
         "try:\n    cli(prog_name='rag')\n"
         "except SystemExit:\n    pass\n"
-        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+        "print('GRADIO' if 'gradio' in sys.modules else 'NO-GRADIO', file=sys.stderr)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -49,5 +51,5 @@ def test_asking_never_imports_torch(built_index: Path) -> None:
         env=cli_env(built_index),
         cwd=REPO,
     )
-    assert out.stderr.strip().endswith("NO-TORCH"), out.stderr
+    assert out.stderr.strip().endswith("NO-TORCH\nNO-GRADIO"), out.stderr
     assert '"citations"' in out.stdout

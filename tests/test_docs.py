@@ -20,6 +20,13 @@ def test_ci_runs_the_readme_test_command() -> None:
     command = [line for line in ci.splitlines() if "pytest" in line and not line.startswith("#")]
     assert len(command) == 1
     assert f"\n{command[0]}\n" in README
+    # On a fresh machine the same command must bring what the browser tests drive.
+    assert command[0].startswith("bash tests/install-chromium.sh && ")
+
+
+def test_readme_shows_the_screenshot() -> None:
+    assert "](docs/screenshot.png)" in README
+    assert (REPO / "docs" / "screenshot.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_readme_main_command_installs_and_starts_the_chat() -> None:

@@ -1,0 +1,303 @@
+"""The browser chat: a Gradio app over one shared ``Rag``.
+
+    app = build_app(rag, settings)      # the layout and its events; nothing served yet
+    launch(app, settings, port=7860)    # serve it in the background (``rag chat`` does both)
+
+The chat handler, ``Chat.respond``, is a plain generator: Gradio streams what it yields, and tests
+drive it directly. A conversation (its turns for follow-ups, its messages and sources) lives in
+per-session ``gr.State``, never in globals: the ``Rag`` is the only thing sessions share.
+
+Rendering safety: messages are shown as HTML written by ``rag.ui_render`` (everything from the
+corpus or a model escaped there), with the chatbot's Markdown off, so quoted abstract text cannot
+turn into an image, a link or a script.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from rag.answer import OFFLINE
+from rag.errors import InputError, RagError
+from rag.followup import Turn
+from rag.pipeline import AskResult, Rag
+from rag.settings import Settings
+from rag.ui_render import (
+    CSS,
+    answer_html,
+    index_html,
+    notice_html,
+    sources_html,
+    sources_panel,
+    text_html,
+)
+
+EXAMPLES = (
+    "Which papers target Hopper GPUs?",
+    "How can speculative decoding use both CPU and GPU?",
+    "How does TokenWeave overlap communication?",
+    "Which papers reduce the memory of the KV cache?",
+)
+TITLE = "Ask the papers"
+PENDING = '<p class="rag-pending">Searching the papers…</p>'
+SANS = ("ui-sans-serif", "system-ui", "Segoe UI", "Helvetica Neue", "Arial", "sans-serif")
+MONO = ("ui-monospace", "Menlo", "Consolas", "DejaVu Sans Mono", "monospace")
+MAX_K = 20  # the slider's end; the API takes up to Rag.validate's limit
+Message = dict[str, str]
+
+
+@dataclass
+class Conversation:
+    """One browser session's chat: what follow-ups need, and what the page shows."""
+
+    turns: list[Turn] = field(default_factory=list)  # answered exchanges, passed as ``history``
+    messages: list[Message] = field(default_factory=list)  # the chatbot's value
+    sections: list[str] = field(default_factory=list)  # sources HTML of each answer, oldest first
+    asked: int = 0  # questions so far: numbers the anchors of each answer's sources
+
+
+class Chat:
+    """The event handlers of the app, over one shared ``Rag``."""
+
+    def __init__(self, rag: Rag, default_model: str | None = None) -> None:
+        self.rag = rag
+        # The model choice that stands for the default chat model (the one the Rag was given or
+        # configured with): asked for by name, Rag.model() would make a new one of that name.
+        self.default_model = default_model
+
+    def _model(self, choice: str | None) -> str | None:
+        return None if choice == self.default_model else choice
+
+    def respond(
+        self, question: str, k: float, model: str | None, conversation: Conversation | None
+    ) -> Iterator[tuple[list[Message], str, Conversation]]:
+        """Stream an answer into the chat: yields (messages, sources HTML, conversation).
+
+        The first yield shows the question; each streamed piece updates the answer; the last
+        yield has the checked answer and its sources. A ``RagError`` (empty question, LLM down)
+        ends the answer with a one-line notice, and the conversation goes on without that turn.
+        """
+        conv = conversation or Conversation()
+        conv.asked += 1
+        turn = conv.asked
+        if question.strip():
+            conv.messages.append({"role": "user", "content": text_html(question)})
+        conv.messages.append({"role": "assistant", "content": PENDING})
+        panel = sources_panel(conv.sections)
+        yield list(conv.messages), panel, conv
+
+        shown = ""
+        result: AskResult | None = None
+        try:
+            stream = self.rag.stream(question, int(k), history=conv.turns, model=self._model(model))
+            for item in stream:
+                if isinstance(item, AskResult):
+                    result = item
+                else:
+                    shown += item
+                    html = answer_html(shown, turn)
+                    if html != conv.messages[-1]["content"]:  # e.g. not for a bare line break
+                        conv.messages[-1] = {"role": "assistant", "content": html}
+                        yield list(conv.messages), panel, conv
+        except RagError as exc:
+            # What was streamed stays (an LLM can break off mid-answer), followed by why it ended.
+            partial = answer_html(shown, turn) if shown else ""
+            conv.messages[-1] = {"role": "assistant", "content": partial + notice_html(str(exc))}
+            yield list(conv.messages), panel, conv
+            return
+        assert result is not None  # Rag.stream always ends with the result
+        conv.messages[-1] = {"role": "assistant", "content": answer_html(result.answer, turn)}
+        conv.turns.append(result.turn())
+        conv.sections.append(sources_html(result, turn))
+        yield list(conv.messages), sources_panel(conv.sections), conv
+
+    def new_chat(self) -> tuple[list[Message], str, Conversation]:
+        """An empty conversation: no messages, no sources, no history."""
+        return [], sources_panel([]), Conversation()
+
+    def ask(self, question: str, k: int | None = None, model: str | None = None) -> dict[str, Any]:
+        """Answer a question; returns the same object as `rag ask --json`.
+
+        Parameters:
+            question: the question, e.g. "Which papers target Hopper GPUs?"
+            k: distinct papers to retrieve (default RAG_TOP_K)
+            model: "offline", or a model of the configured LLM endpoint (default: the configured one)
+        Returns:
+            question, answer, abstained, citations, retrieved, model, timings_ms, invalid_citations,
+            uncited_sentences: as `rag ask --json` prints them
+        """
+        try:
+            return self.rag.ask(question, k, model=self._model(model)).to_dict()
+        except RagError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+
+    def index_line(self) -> str:
+        """The index's size and embedding model, or why they cannot be read."""
+        try:
+            return index_html(self.rag.index.stats())
+        except RagError as exc:
+            return notice_html(str(exc))
+
+
+def model_choices(rag: Rag) -> tuple[list[str], str]:
+    """Models to offer, default first, and a notice when the configured LLM cannot be reached."""
+    try:
+        return rag.model_choices(), ""
+    except RagError as exc:  # the endpoint must name its model and is down: answer offline
+        return [OFFLINE], f"the configured LLM is unavailable, answering offline: {exc}"
+
+
+def build_app(rag: Rag, settings: Settings) -> gr.Blocks:
+    """The chat app over ``rag``: chat, sources panel, controls, and the ``/ask`` API endpoint."""
+    # Load the index, the BM25 index and the query encoder now: the first users should not wait
+    # for them, nor race each other to load them.
+    rag.ask(EXAMPLES[0], model=OFFLINE)
+    choices, unavailable = model_choices(rag)
+    chat = Chat(rag, default_model=None if unavailable else choices[0])
+    # One limit for everything that generates an answer: the chat and /ask share a concurrency
+    # group. Offline answers are CPU-bound and short: on 2 cores the throughput is the same with 1
+    # to 16 at once (bench/load_ui.py). LLM answers mostly wait on the network for seconds, so
+    # several at once (RAG_UI_CONCURRENCY, 8) keep one user's long answer from holding up the
+    # others. The bounded queue (RAG_UI_QUEUE_SIZE) refuses work beyond that rather than letting
+    # waits grow without end.
+    answering: dict[str, Any] = {
+        "concurrency_id": "answer",
+        "concurrency_limit": settings.ui_concurrency,
+    }
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
+        conversation = gr.State(Conversation())
+        gr.Markdown(f"## {TITLE}\nAnswers cite the papers they come from as [1], [2]: click one.")
+        gr.HTML(chat.index_line, js_on_load=None)
+        if unavailable:
+            gr.HTML(notice_html(unavailable), js_on_load=None)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                with gr.Row(equal_height=True):
+                    k = gr.Slider(
+                        1,
+                        max(MAX_K, settings.top_k),
+                        value=settings.top_k,
+                        step=1,
+                        label="Papers retrieved (top-k)",
+                        scale=2,
+                    )
+                    model = gr.Radio(choices, value=choices[0], label="Answer with", scale=2)
+                    new_chat = gr.Button("New chat", elem_id="rag-new-chat", scale=1)
+                chatbot = gr.Chatbot(
+                    elem_id="rag-chat",
+                    label="Chat",
+                    height=480,
+                    render_markdown=False,  # messages are HTML from rag.ui_render, escaped there
+                    sanitize_html=True,
+                    latex_delimiters=[],
+                    feedback_options=None,
+                    buttons=[],  # its copy buttons would copy the HTML, not the text
+                    placeholder="Ask about the papers in this collection.",
+                )
+                question = gr.Textbox(
+                    elem_id="rag-question",
+                    label="Question",
+                    show_label=False,
+                    placeholder="Ask a question, e.g. " + EXAMPLES[0],
+                    submit_btn="Ask",
+                    autofocus=True,
+                )
+                examples = gr.Examples([[q] for q in EXAMPLES], inputs=[question], label="Examples")
+            with gr.Column(scale=2):
+                sources = gr.HTML(
+                    sources_panel([]),
+                    elem_id="rag-sources",
+                    label="Sources",
+                    js_on_load=None,
+                )
+
+        ask = {
+            "fn": chat.respond,
+            "inputs": [question, k, model, conversation],
+            "outputs": [chatbot, sources, conversation],
+            **answering,
+        }
+        asked = question.submit(**ask, api_name="chat")
+        # The box empties at once; the handler already has the question (inputs are read when the
+        # event fires), and its own outputs never touch the box, so typing the next one is safe.
+        question.submit(lambda: "", outputs=question, queue=False, api_visibility="private")
+        example_asked = examples.load_input_event.then(**ask, api_visibility="private")
+        examples.load_input_event.then(
+            lambda: "", outputs=question, queue=False, api_visibility="private"
+        )
+        # A new chat also stops an answer still streaming, which would otherwise bring the old
+        # conversation back when it ends.
+        reset = {
+            "outputs": [chatbot, sources, conversation],
+            "queue": False,
+            "cancels": [asked, example_asked],
+        }
+        new_chat.click(chat.new_chat, **reset, api_visibility="private")
+        chatbot.clear(chat.new_chat, **reset, api_visibility="private")
+        gr.api(chat.ask, api_name="ask", **answering)
+
+    # api_open=False: every generating call goes through the queue, so the limits above hold
+    # for scripts too.
+    app.queue(
+        default_concurrency_limit=settings.ui_concurrency,
+        max_size=settings.ui_queue_size,
+        api_open=False,
+    )
+    return app
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail with an ``InputError`` now if http://HOST:PORT cannot be served (bad host, port taken).
+
+    Gradio would find out only after the index and the app are built, and say it less clearly.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        raise InputError(
+            f"cannot serve on {host}:{port}: {exc.strerror or exc} (pick another --port or --host)"
+        ) from None
+
+
+def launch(
+    app: gr.Blocks,
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+) -> tuple[str, str | None]:
+    """Start serving ``app`` on http://HOST:PORT in the background; returns (local URL, public URL).
+
+    ``share`` also asks Gradio for a public *.gradio.live link (None if it cannot make one). With
+    ``RAG_UI_AUTH`` set, every page and API call needs that login. Gradio's monitoring dashboard
+    (/monitoring) is served only behind it: without a login it is switched off, since Gradio would
+    otherwise show its traffic summary to anyone. ``app.block_thread()`` waits until Ctrl-C.
+    """
+    login = settings.ui_login
+    _, local_url, share_url = app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        auth=login,
+        auth_message="Log in with the user and password of RAG_UI_AUTH." if login else None,
+        enable_monitoring=login is not None,
+        prevent_thread_lock=True,
+        quiet=True,
+        show_error=False,  # RagErrors are shown in the chat; anything else is a bug, not for users
+        ssr_mode=False,
+        mcp_server=False,
+        run_history=False,
+        footer_links=["api", "settings"],
+        # System fonts: nothing to fetch, and the same look offline.
+        theme=gr.themes.Default(font=SANS, font_mono=MONO),
+        css=CSS,
+    )
+    return local_url, share_url

@@ -128,20 +128,35 @@ class Judged:
     relevance: float
 
 
+@lru_cache(maxsize=4096)
+def _analysed(
+    title: str, abstract: str
+) -> tuple[list[str], list[tuple[str, list[str], list[str]]]]:
+    """A paper's title terms, and each sentence with its terms before and after a comparison cue.
+
+    Independent of the question, so cached: a warm ask reranks ~16-60 papers, mostly seen before.
+    """
+    sentences = [abstract[a:b] for a, b in split_sentences(abstract)] or [abstract]
+    analysed = []
+    for sentence in sentences:
+        cue = _COMPARISON.search(sentence)
+        head, tail = (sentence[: cue.start()], sentence[cue.start() :]) if cue else (sentence, "")
+        analysed.append((sentence, terms(head), terms(tail)))
+    return terms(title), analysed
+
+
 def evidence(query: Query, paper: PaperRecord) -> tuple[float, list[tuple[str, float]]]:
     """The paper's coverage of the question, and each abstract sentence with its weight.
 
     A term found only where the abstract compares against something ("outperforms ... on
     H100", "faster than X") counts a quarter: that paper is about something else.
     """
-    abstract = paper.abstract
-    sentences = [abstract[a:b] for a, b in split_sentences(abstract)] or [abstract]
-    strength = dict.fromkeys(query.matched(terms(paper.title)), 1.0)
+    title_terms, sentences = _analysed(paper.title, paper.abstract)
+    strength = dict.fromkeys(query.matched(title_terms), 1.0)
     weighted = []
-    for sentence in sentences:
-        cue = _COMPARISON.search(sentence)
-        main = query.matched(terms(sentence[: cue.start()] if cue else sentence))
-        compared = query.matched(terms(sentence[cue.start() :])) - main if cue else set()
+    for sentence, head, tail in sentences:
+        main = query.matched(head)
+        compared = query.matched(tail) - main if tail else set()
         found = {t: 1.0 for t in main} | {t: _COMPARED for t in compared}
         for t, w in found.items():
             strength[t] = max(strength.get(t, 0.0), w)

@@ -277,8 +277,7 @@ def run_eval(
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise InputError(f"question id {duplicate!r} appears more than once in the datasets")
-    if k is not None and not 1 <= k <= 100:
-        raise InputError(f"k must be between 1 and 100, not {k}")
+    rag.validate(questions[0].question, k)  # a bad k fails now, not at the first question
     use_llm = judge == "llm" or (judge == "auto" and rag.settings.llm_configured)
     if use_llm:
         from rag.llm import OpenAIChatModel

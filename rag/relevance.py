@@ -71,6 +71,77 @@ _COMPARISON = re.compile(
 _COMPARED = 0.25
 
 
+# Specifics: versions, model numbers and quantities ("TPU v5e", "FlashAttention-3", "10 million").
+# A question that names one asks about that exact thing, and an abstract that never mentions it
+# does not answer it, however close the topic: "TPUv4" is not "TPU v5e", nor "103k" "10".
+_RAW_TOKEN = re.compile(r"[A-Za-z0-9](?:[\w.,\-/]*[A-Za-z0-9])?")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_SCALE = re.compile(r"(\d)\s+(thousand|million|billion|trillion)\b", re.IGNORECASE)
+_PERCENT = re.compile(r"(\d)\s*(?:%|percent\b)", re.IGNORECASE)
+_APPROXIMATE = re.compile(
+    r"(?:\b(?:about|around|roughly|approximately|nearly|almost|some)\s+|~\s*)\d[\d,.]*",
+    re.IGNORECASE,
+)
+_NUMBER_WORDS = {
+    str(n): word
+    for n, word in enumerate(
+        ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+         "eleven", "twelve")
+    )
+}  # fmt: skip
+
+
+def _pieces(text: str) -> list[str]:
+    """Lowercased tokens, hyphenated words split, a bare number kept on the name it versions.
+
+    "FlashAttention-3" -> "flashattention3", "o1-style" -> "o1", "style"; "16-bit" -> "16", "bit";
+    "100,000" -> "100000"; "1.5" stays a decimal; "10 million" -> "10million", "10%" -> "10pct".
+    """
+    # A quantity keeps its scale: "10 million" is not "10%" nor "10 tasks".
+    text = _PERCENT.sub(r"\1pct", _SCALE.sub(r"\1\2", text))
+    out = []
+    for raw in _RAW_TOKEN.findall(text):
+        parts = [p for p in re.split(r"[-/]", raw.lower().replace(",", "")) if p]
+        for i, part in enumerate(parts):
+            part = part.strip("._")
+            if part[:1].isdigit() and i > 0 and out and parts[i - 1].isalpha():
+                out[-1] += part  # a version: "gpt-4o", "llama-3.1"
+            elif part:
+                out.append(part)
+    return out
+
+
+def specifics(text: str) -> tuple[str, ...]:
+    """The pieces of ``text`` that carry a digit: the exact things a question can name.
+
+    A figure the asker hedges ("about 2 million tokens") is a paraphrase, not a name: the paper
+    may say "1,900K".
+    """
+    text = _APPROXIMATE.sub(" ", text)
+    return tuple(dict.fromkeys(p for p in _pieces(text) if any(c.isdigit() for c in p)))
+
+
+@lru_cache(maxsize=4096)
+def _specifics_index(title: str, abstract: str) -> tuple[str, frozenset[str]]:
+    """A paper as one spaceless lowercase string (for names) and its set of pieces (for numbers)."""
+    text = f"{title} {abstract}"
+    pieces = _pieces(text)
+    return "".join(pieces), frozenset(pieces)
+
+
+def mentions(paper: PaperRecord, specific: str) -> bool:
+    """Whether the paper names ``specific``: a name anywhere ("tpuv4" in "TPU v4"), a number as a
+    whole quantity ("10" in "10x" or "ten", not in "103k" or "2010")."""
+    joined, pieces = _specifics_index(paper.title, paper.abstract)
+    if not _NUMBER.fullmatch(specific):
+        return specific in joined
+    word = _NUMBER_WORDS.get(specific)
+    return any(
+        p in (specific, word) or (p.startswith(specific) and p[len(specific) :].isalpha())
+        for p in pieces
+    )
+
+
 def question_kind(question: str) -> QuestionKind:
     """'list' for questions with many right answers ("which papers...", "list work on...")."""
     return "list" if _LIST_QUESTION.search(question) else "single"
@@ -84,6 +155,7 @@ class Query:
     kind: QuestionKind
     weights: dict[str, float] = field(default_factory=dict)  # topic term -> IDF in the collection
     alternatives: dict[str, list[str]] = field(default_factory=dict)  # term -> glossary phrases
+    specifics: tuple[str, ...] = ()  # versions and numbers the question names (see ``specifics``)
 
     def matched(self, text_terms: Sequence[str]) -> set[str]:
         """The topic terms present in a text (given as its terms), directly or via the glossary."""
@@ -115,6 +187,7 @@ def make_query(
         question_kind(question),
         {t: idf(t) or rarest for t in topic},
         {t: per_term[t] for t in topic if t in per_term},
+        specifics(question),
     )
 
 

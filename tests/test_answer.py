@@ -9,7 +9,7 @@ import pytest
 from rag.answer import NOT_FOUND, ExtractiveAnswerer
 from rag.index import PaperRecord
 from rag.lexical import Glossary, terms
-from rag.relevance import judge, make_query, question_kind
+from rag.relevance import judge, make_query, mentions, question_kind, specifics
 from rag.retrieval import Retrieved
 
 IDF = {"hopper": 5.0, "gpu": 2.0, "kernel": 3.0, "fuse": 3.0, "quantum": 5.0}
@@ -104,3 +104,53 @@ def test_deterministic() -> None:
     q = query("which papers fuse kernels on GPUs?")
     runs = {"".join(ExtractiveAnswerer().stream(q, sources)) for _ in range(3)}
     assert len(runs) == 1
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("Which paper benchmarks LLM inference on Google TPU v5e chips?", ("v5e",)),
+        ("What does FlashAttention-3 gain over FlashAttention-2?", ("flashattention3", "flashattention2")),
+        ("Is GPT-4o better than Llama-3.1-8B?", ("gpt4o", "llama3.1", "8b")),
+        ("trained on more than 10 million slides, 100,000 cells and 5% of labels", ("10million", "100000", "5pct")),
+        ("o1-style reasoning in 16-bit", ("o1", "16")),
+        # A hedged figure is a paraphrase, not a name the paper must contain.
+        ("contexts of about 2 million tokens, roughly 3x faster", ()),
+        ("How do transformers handle long contexts?", ()),
+    ],
+)  # fmt: skip
+def test_specifics_are_the_versions_and_quantities_a_question_names(
+    question: str, expected: tuple[str, ...]
+) -> None:
+    assert specifics(question) == expected
+
+
+@pytest.mark.parametrize(
+    ("specific", "text", "named"),
+    [
+        ("v5e", "We run on TPUv4 pods.", False),
+        ("v4", "We run on TPU v4 pods.", True),
+        ("tpuv4", "We run on TPU v4 pods.", True),
+        ("h100", "Measured on NVIDIA H100s.", True),
+        ("flashattention3", "Faster than FlashAttention-2.", False),
+        ("10million", "A dataset of 103k slides.", False),
+        ("10million", "Up to 10% fewer labels.", False),
+        ("10million", "Trained on 10 million images.", True),
+        ("10", "A 10x speedup.", True),
+        ("10", "Published in 2010 on 100 nodes.", False),
+        ("3", "It uses three stages.", True),
+    ],
+)
+def test_a_paper_mentions_a_specific_only_as_that_exact_thing(
+    specific: str, text: str, named: bool
+) -> None:
+    assert mentions(PaperRecord("p", "A paper", text), specific) is named
+
+
+def test_single_answer_abstains_when_no_source_names_the_version_asked_about() -> None:
+    tpu = source("TPU study", "We benchmark LLM inference on TPUv4 chips and measure latency.", 0.7)
+    ask = "Which paper benchmarks LLM inference on TPU v5e chips?"
+    assert "".join(ExtractiveAnswerer().stream(query(ask), [tpu])) == NOT_FOUND
+    named = source("Newer TPUs", "We benchmark LLM inference on TPU v5e chips.", 0.6)
+    text = "".join(ExtractiveAnswerer().stream(query(ask), [tpu, named]))
+    assert text.startswith("We benchmark LLM inference on TPU v5e chips. [2]")

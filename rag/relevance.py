@@ -130,11 +130,13 @@ def _specifics_index(title: str, abstract: str) -> tuple[str, frozenset[str]]:
 
 
 def mentions(paper: PaperRecord, specific: str) -> bool:
-    """Whether the paper names ``specific``: a name anywhere ("tpuv4" in "TPU v4"), a number as a
-    whole quantity ("10" in "10x" or "ten", not in "103k" or "2010")."""
+    """Whether the paper names ``specific``: a name anywhere ("tpuv4" in "TPU v4"), a quantity
+    whole ("10" in "10x" or "ten", not in "103k" or "2010"; "10million" not in "110 million")."""
     joined, pieces = _specifics_index(paper.title, paper.abstract)
-    if not _NUMBER.fullmatch(specific):
+    if not specific[:1].isdigit():
         return specific in joined
+    if not _NUMBER.fullmatch(specific):
+        return specific in pieces
     word = _NUMBER_WORDS.get(specific)
     return any(
         p in (specific, word) or (p.startswith(specific) and p[len(specific) :].isalpha())

@@ -136,6 +136,8 @@ def test_specifics_are_the_versions_and_quantities_a_question_names(
         ("10million", "A dataset of 103k slides.", False),
         ("10million", "Up to 10% fewer labels.", False),
         ("10million", "Trained on 10 million images.", True),
+        ("10million", "Trained on 110 million images.", False),
+        ("8b", "Llama-3.1-8B and a 70B model.", True),
         ("10", "A 10x speedup.", True),
         ("10", "Published in 2010 on 100 nodes.", False),
         ("3", "It uses three stages.", True),

@@ -70,6 +70,13 @@ class ExtractiveAnswerer:
     def select(self, query: Query, sources: Sequence[Retrieved]) -> list[Judged]:
         """The sources worth citing, in the order they will be cited (empty: abstain)."""
         judged = judge(query, sources, self.coverage_weight)
+        if query.kind == "single":
+            # A single answer must name what the question names: "TPU v5e" is not answered by a
+            # paper on TPUv4, however close in topic (eval/dev.jsonl: abstention 0.58 -> 0.83, no
+            # answerable question lost).
+            judged = [
+                j for j in judged if all(mentions(j.source.paper, s) for s in query.specifics)
+            ]
         floor = self.min_list_relevance if query.kind == "list" else self.min_relevance
         if not judged or judged[0].relevance < floor:
             return []
@@ -86,12 +93,6 @@ class ExtractiveAnswerer:
                 if j.relevance >= floor
                 and (j.relevance >= near_best or j.coverage >= self.list_coverage)
             ]
-        # A single answer must name what the question names: "TPU v5e" is not answered by a paper
-        # on TPUv4, however close in topic (eval/dev.jsonl: abstention 0.58 -> 0.83, no answerable
-        # question lost).
-        judged = [j for j in judged if all(mentions(j.source.paper, s) for s in query.specifics)]
-        if not judged or judged[0].relevance < floor:
-            return []
         best = judged[0].relevance
         return [j for j in judged[:2] if j.relevance >= best - self.single_margin]
 

@@ -14,7 +14,7 @@ from rag.chunking import split_sentences
 from rag.lexical import terms
 
 MARKER = re.compile(r"\s?\[(\d+(?:\s*[-–,]\s*\d+)*)\]")
-_BULLET = re.compile(r"^(?:[-*•]|\d+[.)])\s+")
+BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")  # a list line's "- ", "* ", "2. "
 # "Claim. [1]" and "Claim [1]." both cite the claim: move trailing markers before the full stop.
 _TRAILING_MARKERS = re.compile(r"([.!?])((?:\s*\[[\d\s,\-–]+\])+)")
 
@@ -130,11 +130,11 @@ def claims(text: str) -> list[Claim]:
         line = line.strip()
         if not line or line.endswith(":"):
             continue
-        spans = [(0, len(line))] if _BULLET.match(line) else split_sentences(line)
+        spans = [(0, len(line))] if BULLET.match(line) else split_sentences(line)
         for start, end in spans:
             sentence = line[start:end]
             cited = [n for m in MARKER.finditer(sentence) for n in expand(m.group(1))]
-            plain = _BULLET.sub("", MARKER.sub("", sentence)).strip()
+            plain = BULLET.sub("", MARKER.sub("", sentence)).strip()
             if plain:
                 out.append(Claim(plain, cited))
     return out

@@ -12,15 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from rag.corpus import normalise_title
-from rag.evaluation import (
-    CITATION_METRICS,
-    RETRIEVAL_METRICS,
-    TYPES,
-    EvalRun,
-    GoldQuestion,
-)
+from rag.errors import InputError
+from rag.evaluation import METRICS, TYPES, EvalRun, GoldQuestion, title_keys
 
-ROWS = (*RETRIEVAL_METRICS, *CITATION_METRICS, "abstention_accuracy", "false_abstention_rate")
 COMPARED = ("recall@20", "mrr", "citation_precision", "citation_recall", "citation_f1",
             "abstention_accuracy", "false_abstention_rate")  # fmt: skip
 MEANING = {
@@ -61,7 +55,7 @@ def metrics_table(metrics: dict[str, Any]) -> list[str]:
     types = [t for t in TYPES if metrics["by_type"][t]["n"]]
     head = ["metric", "overall", *types, "meaning"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in ROWS:
+    for name in METRICS:
         cells = [fmt(metrics["overall"].get(name))]
         cells += [fmt(metrics["by_type"][t].get(name)) for t in types]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {MEANING[name]} |")
@@ -147,8 +141,7 @@ def worst_questions(run: EvalRun, limit: int) -> list[str]:
         "",
     ]
     for gold, row, result in rows[:limit]:
-        gold_keys = {normalise_title(t) for t in gold.gold_titles}
-        partial = {normalise_title(t) for t in gold.partial_titles}
+        gold_keys, partial = title_keys(gold.gold_titles), title_keys(gold.partial_titles)
         figure = (
             f"abstained: {result['abstained']}"
             if gold.type == "unanswerable"
@@ -162,7 +155,7 @@ def worst_questions(run: EvalRun, limit: int) -> list[str]:
         if not result["citations"]:
             lines.append("- (nothing cited)")
         ranks = {normalise_title(r["title"]): i for i, r in enumerate(result["retrieved"], 1)}
-        cited = {normalise_title(c["title"]) for c in result["citations"]}
+        cited = title_keys(c["title"] for c in result["citations"])
         for title in gold.gold_titles:
             if normalise_title(title) not in cited:
                 rank = ranks.get(normalise_title(title))
@@ -181,23 +174,30 @@ def _pyplot() -> Any:
     return plt
 
 
+def _grouped_bars(ax: Any, names: Sequence[str], series: Sequence[tuple[str, list[float]]]) -> None:
+    """One group of bars per metric name, one bar per labelled series, on a 0-1 scale."""
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(series):
+        ax.bar([x + i * width for x in range(len(names))], values, width, label=label)
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(names))], names)
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.set_ylim(0, 1.05)
+    ax.legend()
+
+
 def plot_run(metrics: dict[str, Any], out: Path) -> list[str]:
     """Bar charts of the headline metrics and of recall@k, by question type; the file names."""
     plt = _pyplot()
     types = [t for t in ("single", "list") if metrics["by_type"][t]["n"]]
     names = ["citation_precision", "citation_recall", "citation_f1", "mrr", "ndcg@10"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / max(len(types), 1)
-    for i, t in enumerate(types):
-        values = [metrics["by_type"][t][n] or 0.0 for n in names]
-        left.bar([x + i * width for x in range(len(names))], values, width, label=t)
+    _grouped_bars(
+        left, names, [(t, [metrics["by_type"][t][n] or 0.0 for n in names]) for t in types]
+    )
+    left.set_title("Citations and ranking")
+    for t in types:
         recall = [metrics["by_type"][t][f"recall@{k}"] or 0.0 for k in (5, 10, 20)]
         right.plot([5, 10, 20], recall, marker="o", label=t)
-    left.set_xticks([x + width * (len(types) - 1) / 2 for x in range(len(names))], names)
-    left.tick_params(axis="x", labelrotation=20)
-    left.set_ylim(0, 1.05)
-    left.set_title("Citations and ranking")
-    left.legend()
     abstain = metrics["overall"]["abstention_accuracy"]
     right.set_title(f"Retrieval recall@k (abstention accuracy {fmt(abstain)})")
     right.set_xticks([5, 10, 20])
@@ -217,8 +217,6 @@ def compare(run_dirs: Sequence[Path], out: Path | None = None) -> str:
         try:
             runs.append((directory, json.loads((directory / "metrics.json").read_text())))
         except (OSError, ValueError) as exc:
-            from rag.errors import InputError
-
             raise InputError(f"{directory}: no readable metrics.json ({exc})") from None
     head = ["run", "retriever", "k", "model", *COMPARED]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -232,16 +230,8 @@ def compare(run_dirs: Sequence[Path], out: Path | None = None) -> str:
         (out / "compare.md").write_text(table)
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(11, 4))
-        width = 0.8 / len(runs)
-        for i, (directory, m) in enumerate(runs):
-            values = [m["overall"].get(n) or 0.0 for n in COMPARED]
-            ax.bar(
-                [x + i * width for x in range(len(COMPARED))], values, width, label=directory.name
-            )
-        ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(COMPARED))], COMPARED)
-        ax.tick_params(axis="x", labelrotation=20)
-        ax.set_ylim(0, 1.05)
-        ax.legend()
+        series = [(d.name, [m["overall"].get(n) or 0.0 for n in COMPARED]) for d, m in runs]
+        _grouped_bars(ax, COMPARED, series)
         fig.tight_layout()
         fig.savefig(out / "compare.png", dpi=110)
         plt.close(fig)

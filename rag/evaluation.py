@@ -19,13 +19,14 @@ from typing import Any, Literal
 
 from rag.citations import MARKER, claims, expand, sentence_support
 from rag.corpus import normalise_title
-from rag.errors import CorpusError
+from rag.errors import CorpusError, InputError
 
 QuestionType = Literal["single", "list", "unanswerable"]
 TYPES: tuple[QuestionType, ...] = ("single", "list", "unanswerable")
 RETRIEVAL_METRICS = ("recall@5", "recall@10", "recall@20", "mrr", "ndcg@10")
 CITATION_METRICS = ("citation_precision", "citation_recall", "citation_f1", "citation_validity")
-HEADLINE = ("citation_f1", "abstention_accuracy", "false_abstention_rate")
+ABSTENTION_METRICS = ("abstention_accuracy", "false_abstention_rate")
+METRICS = (*RETRIEVAL_METRICS, *CITATION_METRICS, *ABSTENTION_METRICS)  # every per-question score
 PROXY_SUPPORT = 0.5  # share of a claim's terms one cited sentence must contain (proxy judge)
 
 
@@ -90,7 +91,8 @@ def _question(record: dict[str, Any], path: Path, number: int) -> GoldQuestion:
 # -- scoring one question -----------------------------------------------------------------------
 
 
-def _keys(titles: Iterable[str]) -> set[str]:
+def title_keys(titles: Iterable[str]) -> set[str]:
+    """Titles as compared everywhere: normalised, so case, spacing and link rewrites don't count."""
     return {normalise_title(t) for t in titles}
 
 
@@ -120,7 +122,8 @@ def score(gold: GoldQuestion, result: dict[str, Any]) -> dict[str, float | None]
     """The metrics of one answered question (None where a metric does not apply)."""
     ranked = list(dict.fromkeys(normalise_title(r["title"]) for r in result["retrieved"]))
     cited = list(dict.fromkeys(normalise_title(c["title"]) for c in result["citations"]))
-    gold_keys, acceptable = _keys(gold.gold_titles), _keys(gold.gold_titles + gold.partial_titles)
+    gold_keys = title_keys(gold.gold_titles)
+    acceptable = title_keys(gold.gold_titles + gold.partial_titles)
     valid, invalid = marker_count(result["answer"]), len(result.get("invalid_citations", []))
     abstained = bool(result["abstained"])
     out: dict[str, float | None] = dict.fromkeys(RETRIEVAL_METRICS + CITATION_METRICS)
@@ -179,10 +182,9 @@ def mean(values: Iterable[float | None]) -> float | None:
 
 def aggregate(rows: Sequence[tuple[GoldQuestion, dict[str, float | None]]]) -> dict[str, Any]:
     """Macro averages: per type, and overall (answerable questions, plus the abstention figures)."""
-    names = (*RETRIEVAL_METRICS, *CITATION_METRICS, "abstention_accuracy", "false_abstention_rate")
 
     def average(subset: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
-        values = {name: mean(s.get(name) for s in subset) for name in names}
+        values = {name: mean(s.get(name) for s in subset) for name in METRICS}
         return {**values, "support": mean(s.get("support") for s in subset), "n": len(subset)}
 
     by_type = {t: average([s for q, s in rows if q.type == t]) for t in TYPES}
@@ -270,8 +272,6 @@ def run_eval(
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalRun:
     """Load the datasets, check their titles against the index, evaluate, with the chosen judge."""
-    from rag.errors import InputError
-
     questions = [q for path in paths for q in load_dataset(Path(path))]
     ids = [q.id for q in questions]
     if len(set(ids)) != len(ids):
@@ -286,7 +286,7 @@ def run_eval(
         judge_fn, method = llm.judge_support, f"judged by {llm.name}"
     else:
         judge_fn, method = proxy_judge, "lexical proxy"
-    known = {normalise_title(t) for t in rag.index.titles()}
+    known = title_keys(rag.index.titles())
     wanted = dict.fromkeys(t for q in questions for t in q.gold_titles)
     run = evaluate(rag, questions, k, mode, model, judge_fn, method, progress)
     run.missing_titles = [t for t in wanted if normalise_title(t) not in known]
@@ -295,8 +295,6 @@ def run_eval(
 
 def check_gate(metrics: dict[str, Any], path: Path) -> list[str]:
     """Metrics past their thresholds: ``{"min": {"by_type.single.citation_f1": 0.9}, "max": {...}}``."""
-    from rag.errors import InputError
-
     try:
         gate = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:

@@ -62,6 +62,7 @@ def offline_rewrite(question: str, history: Sequence[Turn]) -> str:
         return question
     previous = history[-1]
     cited = list(previous.citations)
+    by_number = {c.n: c.title for c in cited}
 
     def title_for(match: re.Match[str]) -> str:
         if match.group("ordinal"):
@@ -69,7 +70,6 @@ def offline_rewrite(question: str, history: Sequence[Turn]) -> str:
             n = len(cited) if n == -1 else n
         else:
             n = int(match.group("marker") or match.group("number"))
-        by_number = {c.n: c.title for c in cited}
         return f'"{by_number[n]}"' if n in by_number else match.group(0)
 
     resolved = _REFERENCE.sub(title_for, question)

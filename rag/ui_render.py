@@ -18,7 +18,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus, urlsplit
 
-from rag.citations import claims, sentence_support
+from rag.citations import BULLET, claims, sentence_support
 
 if TYPE_CHECKING:
     from rag.pipeline import AskResult
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 # as support: below it, the claim paraphrases too loosely to point at one sentence.
 MIN_SUPPORT = 0.3
 _MARKER = re.compile(r"\[(\d+)\]")  # checked answers carry only [n] markers (rag.citations)
-_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
 
 
 def anchor(turn: int, n: int) -> str:
@@ -49,7 +48,7 @@ def answer_html(text: str, turn: int) -> str:
     out: list[str] = []
     in_list = False
     for line in text.strip().split("\n"):
-        bullet = _BULLET.match(line)
+        bullet = BULLET.match(line)
         if bullet and not in_list:
             out.append("<ul>")
         elif not bullet and in_list:

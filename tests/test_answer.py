@@ -61,6 +61,22 @@ def test_list_answer_has_one_cited_line_per_relevant_paper_and_leaves_out_the_re
     assert "sourdough" not in text
 
 
+def test_list_answer_cites_what_stands_out_from_the_pool_not_all_near_the_best() -> None:
+    # Eight papers on the same field score 0.76 of the best: a share of the best would cite them
+    # all. Measured from the pool's median, only the two that rise above the field are cited.
+    field = [source(f"Kernels {i}", "We write GPU kernels for attention.", 0.55) for i in range(8)]
+    standouts = [
+        source("Fusion", "We fuse kernels to cut memory traffic.", 0.60),
+        source("Operator fusion", "We fuse operators across layers.", 0.68),
+    ]
+    q = query("which papers fuse kernels")
+    judged = {j.source.paper.title: j for j in judge(q, field + standouts)}
+    assert judged["Kernels 0"].relevance >= 0.75 * judged["Fusion"].relevance
+    assert judged["Operator fusion"].coverage < 0.85  # cited for standing out, not for coverage
+    selected = ExtractiveAnswerer().select(q, field + standouts)
+    assert [j.source.paper.title for j in selected] == ["Fusion", "Operator fusion"]
+
+
 def test_a_match_only_inside_a_comparison_counts_less() -> None:
     uses = source("A", "We build a runtime for the H100 GPU.", 0.3)
     compares = source("B", "Our Intel GPU runtime outperforms the CUDA one on the H100 GPU.", 0.3)

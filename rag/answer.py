@@ -87,10 +87,10 @@ class ExtractiveAnswerer:
         if query.kind == "list":
             # Relative to the pool, not absolute: a long, descriptive list question matches every
             # abstract less well than a terse one, so one fixed cut floods some lists and starves
-            # others. The pool's median says what "merely on the same field" scores for this
-            # question; a paper must rise a set share of the way from there to the best. A share of
-            # the best alone flooded lists whose pool is all one field (test-time compute, code
-            # LLMs): eval/dev.jsonl list citation F1 0.79 -> 0.82 (0.50 with an absolute bar).
+            # others. The pool's median is what "merely the same field" scores for this question;
+            # a paper must rise a set share of the way from there to the best. A share of the best
+            # alone flooded lists whose pool is all one field (math LLMs, RL for reasoning):
+            # eval/dev.jsonl list citation F1 0.79 -> 0.82 (0.50 with an absolute bar).
             # A paper that names every topic term belongs on the list even when most of its
             # abstract is about something else ("... leveraging NVIDIA Hopper GPUs").
             median = statistics.median(j.relevance for j in judged)

@@ -9,7 +9,8 @@
 Importing this package is cheap: torch, sentence-transformers and chromadb load on first use.
 """
 
-from rag.answer import NOT_FOUND, ChatModel, ExtractiveAnswerer, ScriptedChatModel
+from rag.answer import ExtractiveAnswerer
+from rag.chat import NOT_FOUND, ChatModel, ScriptedChatModel
 from rag.citations import Citation
 from rag.corpus import Paper, load_paths
 from rag.embedding import Embedder, HashEmbedder
@@ -25,10 +26,13 @@ from rag.errors import (
 )
 from rag.followup import Turn
 from rag.pipeline import AskResult, Rag
+from rag.policy import Policy
+from rag.question import Analysis
 from rag.settings import Settings
 
 __all__ = [
     "NOT_FOUND",
+    "Analysis",
     "AskResult",
     "ChatModel",
     "Citation",
@@ -42,6 +46,7 @@ __all__ = [
     "LLMError",
     "ModelMismatchError",
     "Paper",
+    "Policy",
     "Rag",
     "RagError",
     "ScriptedChatModel",

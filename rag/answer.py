@@ -1,169 +1,199 @@
-"""Chat models: the protocol, and the offline extractive answerer that is the default.
+"""The offline extractive answerer: quotes the sentences of the papers it cites.
 
-A chat model gets the question and the numbered sources and streams text whose claims carry [n]
-markers, n being the source's position as given. ``rag.citations`` checks and renumbers them later,
-whatever wrote them.
+What to cite is decided by ``rag.selection.choose`` (the fitted probabilities and the policy's
+thresholds); this module writes the answer: for a single answer the sentences of its paper that
+hold the most of the question's topic, for a list one line per paper, for a comparison one line
+per compared paper quoting what it says about the aspect compared, and for a metadata question
+the field from the paper's record.
 
-The extractive answerer quotes abstracts. It judges each paper's relevance as ``rag.relevance``
-defines it (meaning plus IDF-weighted coverage of the question's topic terms), cites the papers
-that clear its bars, and quotes the sentence(s) of each that carry the most question vocabulary.
+A quote must read on its own. A sentence that opens by pointing back ("However, ...", "To this
+end, ...", "In this paper, ...") loses that opening; one whose subject points back ("This
+approach ...", "It ...") is passed over for an almost as good sentence, or else quoted after the
+sentence it points back to. Both use closed classes of English words (connectives, pronouns and
+demonstratives), never topic words.
 """
 
 from __future__ import annotations
 
 import re
-import statistics
-from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
+from rag.chat import NOT_FOUND, OFFLINE
 from rag.followup import Turn, offline_rewrite
-from rag.relevance import COVERAGE_WEIGHT, Judged, Query, evidence, judge, mentions
+from rag.lexical import Terms, terms
+from rag.policy import Policy
+from rag.question import Analysis, held, stated, unheld
+from rag.relevance import evidence
 from rag.retrieval import Retrieved
+from rag.selection import choose
 
-NOT_FOUND = "The answer was not found in this collection."
-OFFLINE = "offline"  # the name of the extractive answerer wherever a model is chosen
-
-_SUMMARY = re.compile(
-    r"\b(?:we (?:propose|present|introduce|develop|design|study|describe)|this (?:paper|work)|"
-    r"in this (?:paper|work))\b",
+# An opening clause (up to its comma) that points back to what came before.
+_CONNECTIVE = (
+    r"however|therefore|thus|hence|moreover|furthermore|additionally|consequently|accordingly|"
+    r"nevertheless|nonetheless|instead|meanwhile|specifically|notably|importantly|finally|lastly|"
+    r"overall|besides|also|further|first|second|third|next|then|similarly|likewise|conversely|"
+    r"unfortunately|fortunately|interestingly|surprisingly|crucially|in (?:addition|contrast|"
+    r"particular|practice|summary|short|turn|general)|as a result|by contrast|on the other hand|"
+    r"in other words|for example|for instance|to (?:this|that) end"
+)
+_POINTS_BACK = re.compile(
+    rf"^(?:(?:{_CONNECTIVE})\b[^,]{{0,40}}|[^,]{{0,50}}\b(?:this|these|that|those|such)\b[^,]{{0,30}}),\s+",
     re.IGNORECASE,
 )
+# A subject that needs the previous sentence to be understood ("This approach", not "This paper").
+_ANAPHOR = re.compile(
+    r"^(?:(?:this|these|those)(?!\s+(?:paper|work|study|article|survey)\b)|it|its|they|their|"
+    r"such|both|the (?:former|latter))\b",
+    re.IGNORECASE,
+)
+# The paper speaking of its own work: what it did, not the background it starts from.
+_OWN_WORK = re.compile(r"\b(?:we|our|this (?:paper|work|study|article|survey))\b", re.IGNORECASE)
+# Words of a comparison question that ask to compare, not what to compare on.
+_COMPARING = re.compile(
+    r"\b(?:compar\w*|differ\w*|versus|vs\.?|contrast\w*|common|similar\w*|better|worse|"
+    r"against|between)\b",
+    re.IGNORECASE,
+)
+# Quote choice weighs each sentence's share of the question's topic by these factors: a sentence
+# whose subject points back is passed over for one almost as good; one on the paper's own work
+# is preferred to background of about the same weight.
+_POINTS_BACK_SHARE = 0.8
+_OWN_WORK_SHARE = 1.25
 
 
-class ChatModel(Protocol):
-    """Writes an answer from numbered sources, streaming it piece by piece."""
+def own_name(title: str) -> str | None:
+    """The name a paper calls itself by: its title's short head ("TokenWeave: ..."), if any."""
+    head, colon, _ = title.partition(":")
+    return head.strip() if colon and len(head.split()) <= 3 else None
 
-    name: str
 
-    def stream(self, query: Query, sources: Sequence[Retrieved]) -> Iterator[str]:
-        """Yield the answer text; cite source i (1-based, as given) as [i]."""
-        ...
-
-    def rewrite(self, question: str, history: Sequence[Turn]) -> str:
-        """The follow-up ``question`` as a standalone question, given the conversation so far."""
-        ...
+def readable(sentence: str) -> str:
+    """``sentence`` without an opening that points back ("However, we ..." -> "We ...")."""
+    opening = _POINTS_BACK.match(sentence)
+    if not opening or len(sentence) - opening.end() < 20:
+        return sentence
+    rest = sentence[opening.end() :]
+    return rest[:1].upper() + rest[1:]
 
 
 class ExtractiveAnswerer:
-    """Deterministic, offline: quotes the most relevant sentences of the relevant abstracts."""
+    """Deterministic, offline: quotes the most relevant sentences of the papers it cites."""
 
     name = OFFLINE
 
-    def __init__(
-        self,
-        min_relevance: float = 0.58,
-        min_list_relevance: float = 0.42,
-        list_standout: float = 0.35,
-        list_coverage: float = 0.85,
-        coverage_weight: float = COVERAGE_WEIGHT,
-        single_margin: float = 0.02,
-    ) -> None:
-        # Below these for every source: abstain. A single-answer question names something
-        # specific, so its paper must match it well; a list question is broad, and its best
-        # match is weaker even when the collection holds many answers.
-        self.min_relevance = min_relevance
-        self.min_list_relevance = min_list_relevance
-        # List answers cite every source that stands out from the pool (this far from its median
-        # to the best), and every one that names (nearly) all topic terms.
-        self.list_standout = list_standout
-        self.list_coverage = list_coverage
-        self.coverage_weight = coverage_weight
-        self.single_margin = single_margin  # single answers add near-ties of the best only
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
 
-    def select(self, query: Query, sources: Sequence[Retrieved]) -> list[Judged]:
-        """The sources worth citing, in the order they will be cited (empty: abstain)."""
-        judged = judge(query, sources, self.coverage_weight)
-        if query.kind == "single":
-            # A single answer must name what the question names: "TPU v5e" is not answered by a
-            # paper on TPUv4, however close in topic (eval/dev.jsonl: abstention 0.58 -> 0.83, no
-            # answerable question lost).
-            judged = [
-                j for j in judged if all(mentions(j.source.paper, s) for s in query.specifics)
-            ]
-        floor = self.min_list_relevance if query.kind == "list" else self.min_relevance
-        if not judged or judged[0].relevance < floor:
-            return []
-        best = judged[0].relevance
-        if query.kind == "list":
-            # Relative to the pool, not absolute: a long, descriptive list question matches every
-            # abstract less well than a terse one, so one fixed cut floods some lists and starves
-            # others. The pool's median is what "merely the same field" scores for this question;
-            # a paper must rise a set share of the way from there to the best. A share of the best
-            # alone flooded lists whose pool is all one field (math LLMs, RL for reasoning):
-            # eval/dev.jsonl list citation F1 0.79 -> 0.82 (0.50 with an absolute bar).
-            # A paper that names every topic term belongs on the list even when most of its
-            # abstract is about something else ("... leveraging NVIDIA Hopper GPUs").
-            median = statistics.median(j.relevance for j in judged)
-            stands_out = median + self.list_standout * (best - median)
-            return [
-                j
-                for j in judged
-                if j.relevance >= floor
-                and (j.relevance >= stands_out or j.coverage >= self.list_coverage)
-            ]
-        return [j for j in judged[:2] if j.relevance >= best - self.single_margin]
+    def quotes(self, question: Analysis, source: Retrieved, limit: int) -> list[str]:
+        """Up to ``limit`` sentences of ``source`` that answer ``question``, readable alone, in
+        abstract order: the best, then others only while each adds a topic term the ones before
+        it lack (a second sentence saying the same adds length, not an answer)."""
+        sentences = evidence(question, source.paper, self.policy).sentences
+        if not any(w > 0 for _, w in sentences):
+            # Related in meaning, not in words: quote what the paper says it is (the sentence that
+            # shares most with its own title).
+            title = set(terms(source.paper.title))
+            sentences = [(s, float(len(title & set(terms(s))))) for s, _ in sentences]
+        name = own_name(source.paper.title)
 
-    def best_sentences(self, query: Query, source: Retrieved, limit: int) -> list[str]:
-        """Up to ``limit`` sentences carrying the most question weight, in abstract order."""
-        _, weighted = evidence(query, source.paper)
-        ranked = sorted(range(len(weighted)), key=lambda i: (-weighted[i][1], i))
-        chosen = [i for i in ranked[:limit] if weighted[i][1] > 0]
-        if not chosen:  # related in meaning, not in words: quote what the paper says it does
-            chosen = [next((i for i, (s, _) in enumerate(weighted) if _SUMMARY.search(s)), 0)]
-        return [weighted[i][0] for i in sorted(chosen)]
+        def merit(i: int) -> float:
+            sentence, weight = sentences[i]
+            weight *= _POINTS_BACK_SHARE if _ANAPHOR.match(sentence) else 1.0
+            own = _OWN_WORK.search(sentence) or (name and name in sentence)
+            return weight * (_OWN_WORK_SHARE if own else 1.0)
+
+        ranked = sorted(range(len(sentences)), key=lambda i: (-merit(i), i))
+        chosen, covered = (
+            ranked[:1],
+            self._topic(question, sentences[ranked[0]][0]) if ranked else set(),
+        )
+        for i in ranked[1:]:
+            if len(chosen) >= limit or merit(i) <= 0:
+                break
+            new = self._topic(question, sentences[i][0]) - covered
+            if new:
+                chosen.append(i)
+                covered |= new
+        chosen.sort()
+        if len(chosen) == 1 and chosen[0] > 0 and _ANAPHOR.match(sentences[chosen[0]][0]):
+            chosen = [chosen[0] - 1, chosen[0]]  # it needs what it points back to
+        return [readable(sentences[i][0]) for i in chosen]
+
+    @staticmethod
+    def _topic(question: Analysis, sentence: str) -> set[str]:
+        full, loose = question.matched(Terms.of(terms(sentence)))
+        return full | loose
 
     def rewrite(self, question: str, history: Sequence[Turn]) -> str:
         """Follow-ups by the offline rule (``rag.followup.offline_rewrite``)."""
         return offline_rewrite(question, history)
 
-    def stream(self, query: Query, sources: Sequence[Retrieved]) -> Iterator[str]:
-        """One line per relevant paper for list questions; the best sentences otherwise."""
-        selected = self.select(query, sources)
-        if not selected:
+    def stream(self, question: Analysis, sources: Sequence[Retrieved]) -> Iterator[str]:
+        """The answer: one line per paper for lists and comparisons, quoted sentences otherwise."""
+        if question.intent == "metadata":
+            yield from self._metadata(question, sources)
+            return
+        chosen = choose(question, sources, self.policy)
+        if not chosen:
             yield NOT_FOUND
             return
-        if query.kind == "list":
+        if question.intent == "comparison" and len(chosen) >= 2:
+            # Quote each paper on the aspect compared: the question's topic without the names
+            # and the words that ask for a comparison.
+            names = {t for i in chosen for t in terms(sources[i - 1].paper.title)}
+            names |= {t for m in _COMPARING.finditer(question.text) for t in terms(m.group(0))}
+            aspect = replace(
+                question, weights={t: w for t, w in question.weights.items() if t not in names}
+            )
+            for i in chosen:
+                quote = " ".join(self.quotes(aspect, sources[i - 1], self.policy.list_sentences))
+                yield f"- {sources[i - 1].paper.title}: {quote} [{i}]\n"
+            return
+        if question.intent == "list":
             yield "Papers in this collection on this question:\n"
-            for j in selected:
-                quote = " ".join(self.best_sentences(query, j.source, 1))
-                yield f"- {j.source.paper.title}: {quote} [{j.position}]\n"
+            for i in chosen:
+                quote = " ".join(self.quotes(question, sources[i - 1], self.policy.list_sentences))
+                yield f"- {sources[i - 1].paper.title}: {quote} [{i}]\n"
             return
         parts = []
-        for j in selected:
-            for sentence in self.best_sentences(query, j.source, 2):
-                parts.append(f"{sentence} [{j.position}]")
+        for i in chosen:
+            for sentence in self.quotes(question, sources[i - 1], self.policy.single_sentences):
+                parts.append(f"{sentence} [{i}]")
         yield " ".join(parts)
 
+    def _metadata(self, question: Analysis, sources: Sequence[Retrieved]) -> Iterator[str]:
+        """A record field of the paper asked about (the pipeline declines when none holds it)."""
+        position = subject(question, sources)
+        field_name = question.asks_for or "other"
+        value = held(sources[position - 1].paper, field_name) if position else None
+        if position is None or value is None:
+            yield decline_metadata(question, sources)
+            return
+        paper = sources[position - 1].paper
+        said = next(
+            (s for s, _ in evidence(question, paper, self.policy).sentences if value in s), ""
+        )
+        if said and value not in (paper.url or ""):  # the abstract gives it: quote the sentence
+            yield f"{readable(said)} [{position}]"
+        else:
+            yield f"“{paper.title}” {stated(field_name, value)}. [{position}]"
 
-Reply = str | Callable[[Query, Sequence[Retrieved]], str]
+
+def subject(question: Analysis, sources: Sequence[Retrieved]) -> int | None:
+    """The position of the paper a metadata question asks about: the first it names, else the
+    most probable source."""
+    for group in question.named:
+        for i, s in enumerate(sources, start=1):
+            if s.paper.id in group:
+                return i
+    return 1 if sources else None
 
 
-class ScriptedChatModel:
-    """A chat model that says what it is told: for tests and demos (no network, deterministic).
-
-    Replies are queued with ``enqueue`` (a string, or a function of the query and the sources, e.g.
-    one that cites every source it was given); with an empty queue it answers ``default``. Each
-    reply streams word by word. ``history`` records every (query, sources) it was asked.
-    """
-
-    def __init__(self, default: Reply = NOT_FOUND, name: str = "scripted") -> None:
-        self.name = name
-        self.default = default
-        self.replies: list[Reply] = []
-        self.history: list[tuple[Query, list[Retrieved]]] = []
-        self.rewrites: list[str] = []
-
-    def enqueue(self, *replies: Reply) -> None:
-        """Answer the next questions with ``replies``, in order."""
-        self.replies.extend(replies)
-
-    def stream(self, query: Query, sources: Sequence[Retrieved]) -> Iterator[str]:
-        """Stream the next reply in word-sized pieces."""
-        self.history.append((query, list(sources)))
-        reply = self.replies.pop(0) if self.replies else self.default
-        text = reply if isinstance(reply, str) else reply(query, sources)
-        yield from re.findall(r"\S+\s*|\s+", text)
-
-    def rewrite(self, question: str, history: Sequence[Turn]) -> str:
-        """Queued rewrites first (``rewrites``), else the offline rule."""
-        return self.rewrites.pop(0) if self.rewrites else offline_rewrite(question, history)
+def decline_metadata(question: Analysis, sources: Sequence[Retrieved]) -> str:
+    """The not-found answer for a record detail the collection does not hold."""
+    position = subject(question, sources)
+    about = f"“{sources[position - 1].paper.title}”" if position else "its papers"
+    return (
+        f"{NOT_FOUND} It holds the title and abstract of {about}, not {unheld(question.asks_for)}."
+    )

@@ -284,16 +284,63 @@ def evaluate(
     for title in run.missing_titles:
         click.echo(f"warning: gold title not in the index: {title}", err=True)
     overall, by_type = metrics["overall"], metrics["by_type"]
+
+    def figure(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
     click.echo(
-        f"citation F1 {overall['citation_f1']:.3f} (single {by_type['single']['citation_f1'] or 0:.3f}, "
-        f"list {by_type['list']['citation_f1'] or 0:.3f}); abstention accuracy "
-        f"{overall['abstention_accuracy'] or 0:.3f}; false abstentions "
-        f"{overall['false_abstention_rate'] or 0:.3f}; report: {out / 'report.md'}"
+        f"citation F1 {figure(overall['citation_f1'])} (single "
+        f"{figure(by_type['single']['citation_f1'])}, list {figure(by_type['list']['citation_f1'])}"
+        f", comparison {figure(by_type['comparison']['citation_f1'])}); abstention accuracy "
+        f"{figure(overall['abstention_accuracy'])}; metadata declined "
+        f"{figure(overall['metadata_declined'])}; false abstentions "
+        f"{figure(overall['false_abstention_rate'])}; report: {out / 'report.md'}"
     )
     for failure in failures:
         click.echo(f"gate: {failure}", err=True)
     if failures:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the policy (rag/data/policy.json is the shipped one; RAG_POLICY reads "
+    "another).",
+)
+@click.option(
+    "--folds",
+    type=click.IntRange(2, 20),
+    default=5,
+    show_default=True,
+    help="Cross-validation folds.",
+)
+def fit(datasets: tuple[Path, ...], out: Path, folds: int) -> None:
+    """Fit the answering policy to gold questions: DATASETS are JSONL files as for `rag eval`.
+
+    Learns the question-intent model, the citation model and its thresholds with cross-validation
+    grouped by question (needs scikit-learn: pip install 'rag-papers[fit]'). Never pass the
+    questions you evaluate on."""
+    from rag.fit import run_fit
+
+    with user_errors():
+        rag = make_rag()
+        policy = run_fit(rag, datasets, folds, progress=progress_line("questions"))
+        try:
+            policy.save(out)
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror}")
+    cv = policy.provenance["cross_validated"]
+    click.echo(
+        f"declines below P {policy.abstain_below:.2f}; "
+        f"out of fold: intent accuracy {cv['intent_accuracy']:.3f}, single F1 "
+        f"{cv.get('single', 0):.3f}, list F1 {cv.get('list', 0):.3f}, abstention "
+        f"{cv.get('abstain', 0):.3f}, false abstentions {cv['false_abstention']:.3f}; wrote {out}"
+    )
 
 
 @cli.command()

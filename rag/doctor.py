@@ -18,7 +18,7 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    """Check the embedder, the store, the index and the LLM endpoint, in that order."""
+    """Check the embedder, the policy, the store, the index and the LLM endpoint, in that order."""
     from rag.embedding import load_embedder
     from rag.index import Index, make_client
 
@@ -31,6 +31,7 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(Check("embedder", True, detail))
     except RagError as exc:
         return [Check("embedder", False, str(exc))]
+    checks.append(_policy_check(settings, embedder.fingerprint))
     if not settings.chroma_url and not (settings.index_dir / "chroma.sqlite3").exists():
         # Opening a PersistentClient would create an empty index here: report, don't create.
         checks.append(
@@ -63,6 +64,33 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(Check("index", False, str(exc)))
     checks.append(_llm_check(settings))
     return checks
+
+
+def _policy_check(settings: Settings, fingerprint: str) -> Check:
+    """The answering policy: readable, fitted, and fitted with the configured embedding model."""
+    from rag.policy import Policy
+
+    try:
+        policy = Policy.load(settings.policy)
+    except RagError as exc:
+        return Check("policy", False, str(exc))
+    where = settings.policy or "shipped"
+    if not policy.fitted:
+        return Check("policy", False, f"{where}: not fitted; run `rag fit` on a gold set")
+    cv = dict(policy.provenance).get("cross_validated", {})
+    detail = (
+        f"{where}: fitted on {dict(policy.provenance).get('questions', '?')} questions, declines "
+        f"below P {policy.abstain_below:.2f} (out of fold: list F1 {cv.get('list', 0):.2f}, "
+        f"abstention {cv.get('abstain', 0):.2f})"
+    )
+    if not policy.fitted_for(fingerprint):
+        return Check(
+            "policy",
+            False,
+            f"{detail}; fitted with another embedding model: answers will be poor until you run "
+            "`rag fit` with this one",
+        )
+    return Check("policy", True, detail)
 
 
 def _llm_check(settings: Settings) -> Check:

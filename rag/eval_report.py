@@ -30,6 +30,15 @@ MEANING = {
     "abstention_accuracy": "unanswerable questions answered 'not found' citing nothing",
     "false_abstention_rate": "answerable questions answered 'not found'",
 }
+CATEGORY_MEANING = {
+    "single": "one paper answers, the question paraphrases it",
+    "named": "one paper answers, the question names it",
+    "list": "several papers answer (all phrasings)",
+    "comparison": "compares papers it names",
+    "metadata": "a record detail abstracts never carry: must decline",
+    "near-miss": "the field is in the collection, the thing asked is not: must decline",
+    "off-collection": "outside the collection: must decline",
+}
 
 
 def fmt(value: float | None) -> str:
@@ -64,6 +73,67 @@ def metrics_table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _policy_line(policy: dict[str, Any]) -> str:
+    if not policy:
+        return "not recorded"
+    fitted = ", ".join(d.get("file", "?") for d in policy.get("fitted_on", [])) or "nothing"
+    return (
+        f"declines below P {policy.get('abstain_below')}, at most {policy.get('max_single')} "
+        f"citations for a single answer, models {policy.get('models_sha256')} fitted on {fitted}"
+    )
+
+
+def category_table(metrics: dict[str, Any]) -> list[str]:
+    """One row per question category and per list phrasing family."""
+    rows = metrics.get("by_category", {})
+    if not rows:
+        return []
+    head = ["category", "n", "recall@20", "precision", "recall", "citation F1", "declined",
+            "95% interval", "what"]  # fmt: skip
+    lines = [
+        "## By category",
+        "",
+        "The interval is of the headline figure (citation F1; for categories that must decline, "
+        "the share declined), by a bootstrap over paraphrase groups.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, m in rows.items():
+        low, high = m["interval"]
+        what = CATEGORY_MEANING.get(name, "list questions worded this way")
+        cells = [
+            name, str(m["n"]), fmt(m.get("recall@20")), fmt(m.get("citation_precision")),
+            fmt(m.get("citation_recall")), fmt(m.get("citation_f1")),
+            fmt(m.get("abstention_accuracy")), f"{low:.2f}-{high:.2f}", what,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def calibration_section(metrics: dict[str, Any]) -> list[str]:
+    """How well the fitted probabilities match how often papers turn out gold."""
+    cal = metrics.get("calibration") or {}
+    if not cal.get("bins"):
+        return []
+    lines = [
+        "## Calibration of the citation probabilities",
+        "",
+        f"Every paper shown with a fitted probability ({cal['papers']} papers): expected "
+        f"calibration error {fmt(cal['ece'])}, Brier score {fmt(cal['brier'])}. A calibrated "
+        "model's papers at P = 0.8 are gold 80% of the time (the diagonal of calibration.png).",
+        "",
+        "| predicted | papers | mean predicted | share gold |",
+        "|---|---|---|---|",
+    ]
+    for b in cal["bins"]:
+        lines.append(
+            f"| {b['from']:.1f}-{b['to']:.1f} | {b['n']} | {b['predicted']:.3f} | "
+            f"{b['observed']:.3f} |"
+        )
+    return [*lines, ""]
+
+
 def report(run: EvalRun, metrics: dict[str, Any], plots: Sequence[str], worst: int) -> str:
     """The report.md text."""
     config = metrics["config"]
@@ -75,11 +145,20 @@ def report(run: EvalRun, metrics: dict[str, Any], plots: Sequence[str], worst: i
         f"`{config['model']}`, embeddings `{config['embed_model']}`; {config['seconds']} s.",
         "",
         "Each metric is computed per question, then averaged over the questions it applies to "
-        "(macro average). *overall* averages the answerable (single + list) questions; its "
-        "abstention accuracy is that of the unanswerable ones. Definitions: eval/README.md.",
+        "(macro average). *overall* averages the answerable (single, list, comparison) "
+        "questions; its abstention accuracy is that of the questions the collection cannot "
+        "answer (near-misses and off-collection ones), and metadata questions are counted apart. "
+        "Definitions: eval/README.md.",
         "",
         *metrics_table(metrics),
         "",
+        f"Record details declined (metadata questions): "
+        f"{fmt(metrics['overall'].get('metadata_declined'))}. Policy: "
+        f"{_policy_line(config.get('policy', {}))}.",
+        "",
+        *category_table(metrics),
+        "",
+        *calibration_section(metrics),
     ]
     if len(metrics["by_dataset"]) > 1:
         lines += ["## By dataset", "", "| dataset | questions | " + " | ".join(COMPARED) + " |"]
@@ -188,7 +267,7 @@ def _grouped_bars(ax: Any, names: Sequence[str], series: Sequence[tuple[str, lis
 def plot_run(metrics: dict[str, Any], out: Path) -> list[str]:
     """Bar charts of the headline metrics and of recall@k, by question type; the file names."""
     plt = _pyplot()
-    types = [t for t in ("single", "list") if metrics["by_type"][t]["n"]]
+    types = [t for t in ("single", "list", "comparison") if metrics["by_type"][t]["n"]]
     names = ["citation_precision", "citation_recall", "citation_f1", "mrr", "ndcg@10"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     _grouped_bars(
@@ -207,7 +286,30 @@ def plot_run(metrics: dict[str, Any], out: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "metrics.png", dpi=110)
     plt.close(fig)
-    return ["metrics.png"]
+    names = ["metrics.png"]
+    bins = (metrics.get("calibration") or {}).get("bins") or []
+    if bins:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="calibrated")
+        ax.plot(
+            [b["predicted"] for b in bins],
+            [b["observed"] for b in bins],
+            marker="o",
+            label="fitted",
+        )
+        for b in bins:
+            ax.annotate(str(b["n"]), (b["predicted"], b["observed"]), fontsize=7)
+        ax.set_xlabel("predicted P(gold)")
+        ax.set_ylabel("share gold")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"Reliability (ECE {fmt(metrics['calibration']['ece'])})")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "calibration.png", dpi=110)
+        plt.close(fig)
+        names.append("calibration.png")
+    return names
 
 
 def compare(run_dirs: Sequence[Path], out: Path | None = None) -> str:

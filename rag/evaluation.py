@@ -21,8 +21,14 @@ from rag.citations import MARKER, claims, expand, sentence_support
 from rag.corpus import normalise_title
 from rag.errors import CorpusError, InputError
 
-QuestionType = Literal["single", "list", "unanswerable"]
-TYPES: tuple[QuestionType, ...] = ("single", "list", "unanswerable")
+QuestionType = Literal["single", "list", "comparison", "unanswerable"]
+TYPES: tuple[QuestionType, ...] = ("single", "list", "comparison", "unanswerable")
+# What kind of question it is, for the per-category tables: answerable by one paper (paraphrased,
+# or naming it), by several, comparing named papers; or not answerable (a record detail abstracts
+# never hold, the field present but not the thing asked, outside the collection).
+CATEGORIES = ("single", "named", "list", "comparison", "metadata", "near-miss", "off-collection")
+_DEFAULT_CATEGORY = {"single": "single", "list": "list", "comparison": "comparison",
+                     "unanswerable": "near-miss"}  # fmt: skip
 RETRIEVAL_METRICS = ("recall@5", "recall@10", "recall@20", "mrr", "ndcg@10")
 CITATION_METRICS = ("citation_precision", "citation_recall", "citation_f1", "citation_validity")
 ABSTENTION_METRICS = ("abstention_accuracy", "false_abstention_rate")
@@ -40,6 +46,10 @@ class GoldQuestion:
     gold_titles: tuple[str, ...]
     partial_titles: tuple[str, ...] = ()
     dataset: str = ""  # the file it came from (its stem), e.g. "dev" or "heldout"
+    category: str = ""  # one of CATEGORIES
+    phrasing: str = ""  # the wording family ("which-papers", "find", "do-any", ...)
+    group: str = ""  # paraphrases of one intent share it (cross-validation keeps them together)
+    asks: str = ""  # for a metadata question, the record field it asks for (rag.question.FIELDS)
 
 
 def load_dataset(path: Path) -> list[GoldQuestion]:
@@ -84,8 +94,22 @@ def _question(record: dict[str, Any], path: Path, number: int) -> GoldQuestion:
         raise CorpusError(
             str(path), number, f"a {kind} question needs {'no' if gold else 'some'} gold_titles"
         )
+    category = record.get("category") or _DEFAULT_CATEGORY[kind]
+    if category not in CATEGORIES:
+        raise CorpusError(str(path), number, f"'category' must be one of {', '.join(CATEGORIES)}")
     qid = str(record.get("id") or f"{path.stem}:{number}")
-    return GoldQuestion(qid, question, kind, gold, titles("partial_titles"), path.stem)
+    return GoldQuestion(
+        qid,
+        question,
+        kind,
+        gold,
+        titles("partial_titles"),
+        path.stem,
+        category,
+        str(record.get("phrasing") or ""),
+        str(record.get("group") or qid),
+        str(record.get("asks") or ""),
+    )
 
 
 # -- scoring one question -----------------------------------------------------------------------
@@ -181,7 +205,12 @@ def mean(values: Iterable[float | None]) -> float | None:
 
 
 def aggregate(rows: Sequence[tuple[GoldQuestion, dict[str, float | None]]]) -> dict[str, Any]:
-    """Macro averages: per type, and overall (answerable questions, plus the abstention figures)."""
+    """Macro averages: per type, and overall (answerable questions, plus the abstention figures).
+
+    ``overall.abstention_accuracy`` is over the questions the collection cannot answer at all
+    (near-misses and off-collection ones); ``overall.metadata_declined`` is the same figure for
+    record details abstracts never carry (who wrote a paper, where it appeared).
+    """
 
     def average(subset: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
         values = {name: mean(s.get(name) for s in subset) for name in METRICS}
@@ -190,9 +219,40 @@ def aggregate(rows: Sequence[tuple[GoldQuestion, dict[str, float | None]]]) -> d
     by_type = {t: average([s for q, s in rows if q.type == t]) for t in TYPES}
     answerable = average([s for q, s in rows if q.type != "unanswerable"])
     overall = {**answerable, "n": len(rows)}
-    overall["abstention_accuracy"] = by_type["unanswerable"]["abstention_accuracy"]
+    overall["abstention_accuracy"] = mean(
+        s["abstention_accuracy"]
+        for q, s in rows
+        if q.type == "unanswerable" and q.category != "metadata"
+    )
+    overall["metadata_declined"] = mean(
+        s["abstention_accuracy"] for q, s in rows if q.category == "metadata"
+    )
     overall["citation_validity"] = mean(s.get("citation_validity") for _, s in rows)
     return {"overall": overall, "by_type": by_type}
+
+
+def by_category(
+    rows: Sequence[tuple[GoldQuestion, dict[str, float | None]]],
+) -> dict[str, dict[str, Any]]:
+    """Per category (``CATEGORIES``), and per phrasing family of the list questions
+    (``"list:<family>"``): every metric's mean, the count, and a 95% interval of the headline
+    figure (citation F1, or abstention for unanswerable categories) by a bootstrap over
+    paraphrase groups."""
+    from rag.eval_stats import bootstrap_interval
+
+    out: dict[str, dict[str, Any]] = {}
+    keys = [(c, lambda q, c=c: q.category == c) for c in CATEGORIES]
+    families = sorted({q.phrasing for q, _ in rows if q.type == "list" and q.phrasing})
+    keys += [(f"list:{f}", lambda q, f=f: q.type == "list" and q.phrasing == f) for f in families]
+    for name, member in keys:
+        subset = [(q, s) for q, s in rows if member(q)]
+        if not subset:
+            continue
+        headline = "abstention_accuracy" if subset[0][0].type == "unanswerable" else "citation_f1"
+        values = {m: mean(s.get(m) for _, s in subset) for m in METRICS}
+        low, high = bootstrap_interval([(q.group, s[headline]) for q, s in subset])
+        out[name] = {**values, "n": len(subset), "headline": headline, "interval": [low, high]}
+    return out
 
 
 @dataclass
@@ -213,9 +273,13 @@ class EvalRun:
         summary = aggregate(rows)
         datasets = sorted({q.dataset for q in self.questions})
         by_dataset = {d: aggregate([r for r in rows if r[0].dataset == d]) for d in datasets}
+        from rag.eval_stats import calibration
+
         return {
             **summary,
+            "by_category": by_category(rows),
             "by_dataset": by_dataset,
+            "calibration": calibration(self.questions, self.results),
             "support": {
                 "method": self.support_method,
                 "overall": summary["overall"].pop("support"),
@@ -256,6 +320,7 @@ def evaluate(
         "model": chat_model.name,
         "embed_model": rag.settings.embed_model,
         "datasets": sorted({q.dataset for q in questions}),
+        "policy": rag.policy.describe(),
     }
     return EvalRun(
         list(questions), results, scores, config, support_method, time.perf_counter() - started

@@ -67,6 +67,8 @@ class PaperRecord:
     title: str
     abstract: str
     url: str | None = None
+    authors: str | None = None  # as ingested ("A, B and C"); the bundled corpus has none
+    date: str | None = None
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -262,18 +264,27 @@ class Index:
         """Number of chunks stored."""
         return int(self.collection().count())
 
-    def _all_chunks(self) -> tuple[list[str], list[str], list[str]]:
+    def _all_chunks(
+        self,
+    ) -> tuple[list[str], list[str], list[str], list[tuple[str, str, str]]]:
+        """Every chunk's id, text and paper, and every paper's (id, title, abstract)."""
         col = self.collection()
         ids: list[str] = []
         docs: list[str] = []
         papers: list[str] = []
+        records: list[tuple[str, str, str]] = []
         total = col.count()
         for offset in range(0, total, GET_BATCH):
             got = col.get(include=["documents", "metadatas"], limit=GET_BATCH, offset=offset)
             ids += got["ids"]
             docs += got["documents"]
             papers += [m["paper_id"] for m in got["metadatas"]]
-        return ids, docs, papers
+            records += [
+                (m["paper_id"], m["title"], m.get("abstract", ""))
+                for m in got["metadatas"]
+                if m["position"] == 0
+            ]
+        return ids, docs, papers, records
 
     def bm25(self) -> Bm25:
         """The BM25 index of the current generation: in memory, on disk, or rebuilt if stale."""
@@ -282,8 +293,8 @@ class Index:
             return self._bm25
         bm25 = Bm25.load(self.settings.bm25_dir)
         if bm25 is None or bm25.generation != generation:
-            ids, docs, papers = self._all_chunks()
-            bm25 = Bm25.build(ids, docs, papers, generation)
+            ids, docs, papers, records = self._all_chunks()
+            bm25 = Bm25.build(ids, docs, papers, generation, records)
             bm25.save(self.settings.bm25_dir)
         self._bm25 = bm25
         return bm25
@@ -322,7 +333,14 @@ class Index:
             pid = meta["paper_id"]
             similarity[pid] = max(similarity.get(pid, -1.0), float(sim))
             if meta["position"] == 0:
-                records[pid] = PaperRecord(pid, meta["title"], meta["abstract"], meta.get("url"))
+                records[pid] = PaperRecord(
+                    pid,
+                    meta["title"],
+                    meta["abstract"],
+                    meta.get("url"),
+                    meta.get("authors"),
+                    meta.get("date"),
+                )
         return records, similarity
 
     def titles(self) -> set[str]:

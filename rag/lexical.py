@@ -1,12 +1,14 @@
 """Lexical search: a BM25 index (bm25s) over the same chunks as the vector store.
 
 Chroma's own sparse indexes are not available in local mode, so BM25 lives in a folder beside the
-index. One tokenizer (``terms``) serves the index, the queries and the answerer's word matching,
-so "GPUs" in a question and "GPUs" in an abstract always become the same term.
+index, with the catalog of the papers' names (``rag.names``), which is derived from the same text
+and goes stale with it. One tokenizer (``terms``) serves the index, the queries and the answerer's
+word matching, so "GPUs" in a question and "GPUs" in an abstract always become the same term.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -20,7 +22,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from rag.names import Catalog
+
 _WORD = re.compile(r"(?u)\b\w\w+\b")
+# Two adjacent terms are a phrase of the collection ("kv cach", "tensor core") when at least this
+# many chunks use the pair, and the pair is at least this share of the rarer term's uses.
+PHRASE_MIN_CHUNKS = 3
+PHRASE_SHARE = 0.25
 
 
 @lru_cache(maxsize=1)
@@ -49,6 +57,19 @@ def terms(text: str) -> list[str]:
         t[:-1] if len(t) > 3 and t.endswith("s") and not t.endswith("ss") else t
         for t in _stemmer().stemWords(words)
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """A text's terms, as matching needs them: as a set, and joined (for multi-word phrases)."""
+
+    present: frozenset[str]
+    joined: str
+
+    @classmethod
+    def of(cls, text_terms: Sequence[str]) -> Terms:
+        """The ``Terms`` of a text given as its terms (``rag.lexical.terms``)."""
+        return cls(frozenset(text_terms), f" {' '.join(text_terms)} ")
 
 
 class Glossary:
@@ -90,13 +111,16 @@ class Glossary:
 
 @dataclass
 class Bm25:
-    """A BM25 index of chunk texts, with each chunk's paper and document frequencies."""
+    """A BM25 index of chunk texts, with each chunk's paper, document frequencies and the
+    catalog of paper names."""
 
     generation: str
     chunk_ids: list[str]
     paper_ids: list[str]
     df: dict[str, int]
     retriever: Any = field(repr=False)
+    names: Catalog = field(default_factory=lambda: Catalog(()), repr=False)
+    phrases: frozenset[str] = field(default_factory=frozenset, repr=False)  # "a b" term pairs
 
     @classmethod
     def build(
@@ -105,8 +129,9 @@ class Bm25:
         texts: Sequence[str],
         paper_ids: Sequence[str],
         generation: str,
+        papers: Sequence[tuple[str, str, str]] = (),
     ) -> Bm25:
-        """Index ``texts`` (one per chunk)."""
+        """Index ``texts`` (one per chunk); ``papers`` (id, title, abstract) feed the names."""
         import bm25s
 
         tokens = [terms(t) for t in texts]
@@ -114,7 +139,25 @@ class Bm25:
         if tokens:
             retriever.index(tokens, show_progress=False)
         df = Counter(term for doc in tokens for term in set(doc))
-        return cls(generation, list(chunk_ids), list(paper_ids), dict(df), retriever)
+        pairs = Counter(pair for doc in tokens for pair in set(itertools.pairwise(doc)))
+        phrases = frozenset(
+            f"{a} {b}"
+            for (a, b), n in pairs.items()
+            if a != b and n >= PHRASE_MIN_CHUNKS and n >= PHRASE_SHARE * min(df[a], df[b])
+        )
+        return cls(
+            generation,
+            list(chunk_ids),
+            list(paper_ids),
+            dict(df),
+            retriever,
+            Catalog.build(papers),
+            phrases,
+        )
+
+    def collocated(self, first: str, second: str) -> bool:
+        """Whether the collection uses the terms ``first second`` as a phrase."""
+        return f"{first} {second}" in self.phrases
 
     @property
     def size(self) -> int:
@@ -160,6 +203,8 @@ class Bm25:
                 "chunk_ids": self.chunk_ids,
                 "paper_ids": self.paper_ids,
                 "df": self.df,
+                "names": self.names.to_json(),
+                "phrases": sorted(self.phrases),
             }
             (tmp / "meta.json").write_text(json.dumps(meta))
             old = directory.with_name(directory.name + ".old")
@@ -190,7 +235,13 @@ class Bm25:
 
                 retriever = bm25s.BM25.load(str(directory / "bm25s"), show_progress=False)
             return cls(
-                meta["generation"], meta["chunk_ids"], meta["paper_ids"], meta["df"], retriever
+                meta["generation"],
+                meta["chunk_ids"],
+                meta["paper_ids"],
+                meta["df"],
+                retriever,
+                Catalog.from_json(meta["names"]),
+                frozenset(meta["phrases"]),
             )
         except (OSError, ValueError, KeyError):
             return None

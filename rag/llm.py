@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from rag import prompts
+from rag.chat import NOT_FOUND
 from rag.errors import InputError, LLMError
 from rag.followup import Turn, render_history
 from rag.settings import DEFAULT_OPENAI_MODEL, OPENAI_API_URL, Settings
 
 if TYPE_CHECKING:
-    from rag.answer import Query
+    from rag.question import Analysis
     from rag.retrieval import Retrieved
 
 # Local servers (Ollama, llama.cpp, vLLM without --api-key) ignore the key but the SDK wants one.
@@ -104,19 +105,21 @@ class OpenAIChatModel:
 
     # -- the ChatModel protocol -------------------------------------------------------------------
 
-    def stream(self, query: Query, sources: Sequence[Retrieved]) -> Iterator[str]:
+    def stream(self, query: Analysis, sources: Sequence[Retrieved]) -> Iterator[str]:
         """Stream the model's answer to ``query`` from the numbered ``sources``."""
+        yield from self._stream(self.messages(query, sources))
+
+    def messages(self, query: Analysis, sources: Sequence[Retrieved]) -> list[dict[str, str]]:
+        """The chat messages an answer is asked with: the rules, then the sources and question."""
         directory = self.settings.prompts_dir
         user = prompts.fill(
             prompts.load(directory, "answer"),
             sources=prompts.render_sources(sources),
             question=prompts.defuse(query.text),
+            not_found=NOT_FOUND,
         )
-        messages = [
-            {"role": "system", "content": prompts.load(directory, "system")},
-            {"role": "user", "content": user},
-        ]
-        yield from self._stream(messages)
+        system = prompts.fill(prompts.load(directory, "system"), not_found=NOT_FOUND)
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def rewrite(self, question: str, history: Sequence[Turn]) -> str:
         """Ask the model for the standalone form of a follow-up (``prompts/rewrite.md``)."""

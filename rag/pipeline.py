@@ -14,8 +14,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rag import citations
-from rag.answer import NOT_FOUND, OFFLINE, ChatModel, ExtractiveAnswerer
+from rag.answer import ExtractiveAnswerer, decline_metadata, subject
+from rag.chat import OFFLINE, ChatModel, declines
 from rag.citations import Citation
 from rag.corpus import Paper, load_bundled, load_paths
 from rag.embedding import Embedder, load_embedder
@@ -23,8 +26,11 @@ from rag.errors import IndexMissingError, InputError
 from rag.followup import Turn
 from rag.index import Index, IngestStats
 from rag.lexical import Glossary
-from rag.relevance import make_query, rerank
+from rag.policy import Policy
+from rag.question import FIELDS, Analysis, analyse, held, nearest_field, shown
+from rag.resources import data_path
 from rag.retrieval import Mode, Retrieved, Retriever
+from rag.selection import score
 from rag.settings import Settings
 
 
@@ -38,6 +44,7 @@ class AskResult:
     citations: list[Citation]
     retrieved: list[Retrieved]
     model: str
+    intent: str = "single"  # what the question analysis decided (rag.question)
     timings_ms: dict[str, float] = field(default_factory=dict)
     invalid_citations: list[int] = field(default_factory=list)  # markers naming no given source
     uncited_sentences: int = 0
@@ -57,9 +64,15 @@ class AskResult:
                 {"n": c.n, "paper_id": c.paper_id, "title": c.title} for c in self.citations
             ],
             "retrieved": [
-                {"paper_id": r.paper.id, "title": r.paper.title, "score": round(r.score, 6)}
+                {
+                    "paper_id": r.paper.id,
+                    "title": r.paper.title,
+                    "score": round(r.score, 6),
+                    "probability": None if r.probability is None else round(r.probability, 6),
+                }
                 for r in self.retrieved
             ],
+            "intent": self.intent,
             "model": self.model,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "invalid_citations": list(self.invalid_citations),
@@ -76,8 +89,11 @@ class Rag:
         embedder: Embedder | None = None,
         chat_model: ChatModel | None = None,
         client: Any | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.settings = settings
+        if policy is not None:
+            self.policy = policy  # fills the cached property: ``rag fit`` passes an unfitted one
         self._embedder = embedder
         self._chat_model = chat_model
         self._models: dict[str, ChatModel] = {}
@@ -108,7 +124,7 @@ class Rag:
             return self.chat_model
         if name not in self._models:
             if name == OFFLINE:
-                self._models[name] = ExtractiveAnswerer()
+                self._models[name] = ExtractiveAnswerer(self.policy)
             else:
                 from rag.llm import OpenAIChatModel
 
@@ -121,9 +137,14 @@ class Rag:
         return [default] if default == OFFLINE else [default, OFFLINE]
 
     @cached_property
+    def policy(self) -> Policy:
+        """The answering policy (the fitted one shipped in the package, unless ``RAG_POLICY``)."""
+        return Policy.load(self.settings.policy)
+
+    @cached_property
     def glossary(self) -> Glossary:
         """The query-expansion glossary (bundled unless ``RAG_GLOSSARY`` names another)."""
-        path = self.settings.glossary or Path(__file__).parent / "data" / "glossary.txt"
+        path = self.settings.glossary or data_path("glossary.txt")
         try:
             return Glossary.load(path)
         except OSError as exc:
@@ -195,26 +216,25 @@ class Rag:
         standalone = question
         if history:
             standalone, _ = self.validate(chat_model.rewrite(question, history), k)
-        bm25 = self.index.bm25()
-        query = make_query(standalone, bm25.idf, bm25.max_idf, self.glossary)
-        shown = max(k, self.settings.list_k) if query.kind == "list" else k
-        # Fusion finds candidates; relevance (meaning + topic coverage) orders them better, so
-        # twice as many are fetched and the best ``shown`` kept (eval/dev.jsonl: list recall@20
-        # 0.94 -> 0.98).
-        found = Retriever(self.index, mode).retrieve(self.glossary.expand(standalone), 2 * shown)
-        sources = rerank(query, found)[:shown]
+        vector = self.index.embedder.embed_query(self.glossary.expand(standalone))
+        analysis = self.analyse(standalone, vector)
+        sources = self.sources(analysis, k, mode, vector)
         retrieved_at = time.perf_counter()
+        if analysis.intent == "metadata" and not self._holds(analysis, sources):
+            pieces: Iterator[str] = iter([decline_metadata(analysis, sources)])  # no model knows it
+        else:
+            pieces = chat_model.stream(analysis, sources)
         renumberer = citations.Renumberer(len(sources))
-        shown = []
-        for piece in chat_model.stream(query, sources):
+        written = []
+        for piece in pieces:
             if text := renumberer.feed(piece):
-                shown.append(text)
+                written.append(text)
                 yield text
         if text := renumberer.flush():
-            shown.append(text)
+            written.append(text)
             yield text
         generated_at = time.perf_counter()
-        checked = citations.finish(renumberer, "".join(shown))
+        checked = citations.finish(renumberer, "".join(written))
         cited = [
             Citation(n, sources[pos - 1].paper.id, sources[pos - 1].paper.title)
             for n, pos in enumerate(checked.cited, start=1)
@@ -222,10 +242,11 @@ class Rag:
         yield AskResult(
             question=question,
             answer=checked.text,
-            abstained=not cited and NOT_FOUND.rstrip(".") in checked.text,
+            abstained=not cited and declines(checked.text),
             citations=cited,
             retrieved=list(sources),
             model=chat_model.name,
+            intent=analysis.intent,
             timings_ms={
                 "retrieve": (retrieved_at - started) * 1000,
                 "generate": (generated_at - retrieved_at) * 1000,
@@ -235,6 +256,68 @@ class Rag:
             uncited_sentences=checked.uncited_sentences,
             standalone=standalone,
         )
+
+    def analyse(self, question: str, vector: np.ndarray | None = None) -> Analysis:
+        """What ``question`` asks (``rag.question.analyse``), against this index and policy;
+        ``vector``: the embedding of the searched text (computed when not given)."""
+        lexicon = self.index.bm25()
+        if vector is None:
+            vector = self.index.embedder.embed_query(self.glossary.expand(question))
+        # The intent model reads the question's embedding only if it was fitted on this model's.
+        own = self.policy.fitted_for(self.embedder.fingerprint)
+        return analyse(
+            question,
+            lexicon.idf,
+            lexicon.max_idf,
+            self.glossary,
+            lexicon.names,
+            self.policy,
+            [float(v) for v in vector] if own else None,
+            lexicon.collocated,
+            self._field_of,
+        )
+
+    @cached_property
+    def _field_vectors(self) -> dict[str, list[float]]:
+        """The embedding of each metadata field's question (``rag.question.FIELDS``)."""
+        return {
+            name: [float(v) for v in self.index.embedder.embed_query(spec[3])]
+            for name, spec in FIELDS.items()
+        }
+
+    def _field_of(self, question: str) -> str:
+        vector = [float(v) for v in self.index.embedder.embed_query(question)]
+        return nearest_field(vector, self._field_vectors)
+
+    def sources(
+        self,
+        analysis: Analysis,
+        k: int,
+        mode: Mode = "hybrid",
+        vector: np.ndarray | None = None,
+    ) -> list[Retrieved]:
+        """The papers the answer writer is shown for ``analysis``: the most probable first, as
+        many as its intent needs (``rag.question.shown``), every paper it names among them.
+
+        Every question scores the same pool (``policy.pool``, fetched ``fetch_factor`` times over:
+        fusion finds candidates, relevance and the fitted model order them), so a paper's
+        probability does not depend on k.
+        """
+        policy = self.policy
+        n_shown = shown(analysis, k, self.settings.list_k)
+        wanted = max(n_shown, policy.pool)
+        found = Retriever(self.index, mode).retrieve(
+            analysis.search, policy.fetch_factor * wanted, vector, include=analysis.named_papers
+        )
+        scored = score(analysis, found, policy, self.index.bm25().max_idf)
+        named = set(analysis.named_papers)
+        top = scored[:n_shown]
+        return top + [s for s in scored[n_shown:] if s.paper.id in named]
+
+    @staticmethod
+    def _holds(analysis: Analysis, sources: Sequence[Retrieved]) -> bool:
+        position = subject(analysis, sources)
+        return position is not None and held(sources[position - 1].paper, analysis.asks_for or "")
 
     def ask(
         self,

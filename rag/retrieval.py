@@ -19,6 +19,9 @@ from rag.index import Index, PaperRecord
 Mode = Literal["hybrid", "dense", "bm25"]
 RRF_K = 60  # the constant from Cormack et al. (2009); flattens the head of each ranking
 MIN_CHUNKS = 50  # chunk hits asked of each search, at least: some papers have several chunks
+# Chunk hits asked per distinct paper wanted: papers average 1.7 chunks, and the best chunks of one
+# paper often rank together.
+CHUNKS_PER_PAPER = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,7 @@ class Retrieved:
     score: float  # fused rank score (hybrid), cosine (dense) or BM25 (bm25): higher is better
     dense: float  # cosine similarity of the question to the paper's best chunk
     lexical: float  # BM25 score of the paper's best chunk (0 when no query term matches)
+    probability: float | None = None  # fitted P(it answers the question): rag.selection.score
 
 
 def _best_per_paper(hits: Sequence[tuple[str, float]]) -> dict[str, float]:
@@ -51,11 +55,19 @@ class Retriever:
         self.index = index
         self.mode = mode
 
-    def retrieve(self, question: str, k: int, vector: np.ndarray | None = None) -> list[Retrieved]:
-        """The top ``k`` distinct papers, best first; ``vector`` is the question's embedding."""
+    def retrieve(
+        self,
+        question: str,
+        k: int,
+        vector: np.ndarray | None = None,
+        include: Sequence[str] = (),
+    ) -> list[Retrieved]:
+        """The top ``k`` distinct papers, best first, then any of the papers ``include`` names that
+        were not among them (a paper the question names is always a candidate); ``vector`` is the
+        question's embedding."""
         if vector is None:
             vector = self.index.embedder.embed_query(question)
-        n_chunks = max(MIN_CHUNKS, 4 * k)
+        n_chunks = max(MIN_CHUNKS, CHUNKS_PER_PAPER * k)
         dense: dict[str, float] = {}
         lexical: dict[str, float] = {}
         if self.mode in ("hybrid", "dense"):
@@ -78,9 +90,12 @@ class Retriever:
             fused,
             key=lambda pid: (-fused[pid], -lexical.get(pid, 0.0), -dense.get(pid, -1.0), pid),
         )[:k]
+        top += [pid for pid in dict.fromkeys(include) if pid not in top]
         records, similarity = self.index.papers_with_similarity(top, vector)
         return [
-            Retrieved(records[pid], fused[pid], similarity.get(pid, 0.0), lexical.get(pid, 0.0))
+            Retrieved(
+                records[pid], fused.get(pid, 0.0), similarity.get(pid, 0.0), lexical.get(pid, 0.0)
+            )
             for pid in top
             if pid in records
         ]

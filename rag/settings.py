@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         description="Glossary file for query expansion ('family: member, ...' lines); default: "
         "the bundled one of GPU families and common acronyms.",
     )
+    policy: Path | None = Field(
+        None,
+        description="Answering policy file (rules, fitted models and thresholds) written by "
+        "`rag fit`; default: the one fitted on the bundled corpus, shipped in the package.",
+    )
     max_question_chars: int = Field(
         2000, ge=10, description="Longest question accepted, in characters."
     )

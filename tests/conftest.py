@@ -155,7 +155,9 @@ def pixel() -> Iterator[PixelServer]:
     server.close()
 
 
-INJECTED_QUESTION = "What is ZebraFlash?"
+INJECTED_QUESTION = (
+    "What is ZebraFlash, the striped attention kernel, and how does it draw its progress?"
+)
 
 
 def injected_paper(pixel_url: str) -> dict[str, str]:

@@ -12,10 +12,10 @@ from tests.conftest import REPO, cli_env
 
 def test_public_names() -> None:
     assert set(rag.__all__) == {
-        "NOT_FOUND", "AskResult", "ChatModel", "Citation", "CorpusError", "Embedder",
+        "NOT_FOUND", "Analysis", "AskResult", "ChatModel", "Citation", "CorpusError", "Embedder",
         "EmbedderError", "ExtractiveAnswerer", "HashEmbedder", "IndexMissingError", "InputError",
-        "LLMError", "ModelMismatchError", "Paper", "Rag", "RagError", "ScriptedChatModel",
-        "Settings", "StoreError", "Turn", "load_paths",
+        "LLMError", "ModelMismatchError", "Paper", "Policy", "Rag", "RagError",
+        "ScriptedChatModel", "Settings", "StoreError", "Turn", "load_paths",
     }  # fmt: skip
     for name in rag.__all__:
         assert getattr(rag, name) is not None
@@ -28,7 +28,7 @@ def test_errors_share_one_base() -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import rag, sys; print(sorted(m for m in ('torch', 'sentence_transformers', 'chromadb', 'openai', 'gradio') if m in sys.modules))"
+    code = "import rag, sys; print(sorted(m for m in ('torch', 'sentence_transformers', 'chromadb', 'openai', 'gradio', 'sklearn') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -42,7 +42,8 @@ def test_asking_imports_neither_torch_nor_gradio(built_index: Path) -> None:
         "try:\n    cli(prog_name='rag')\n"
         "except SystemExit:\n    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
-        "print('GRADIO' if 'gradio' in sys.modules else 'NO-GRADIO', file=sys.stderr)"
+        "print('GRADIO' if 'gradio' in sys.modules else 'NO-GRADIO', file=sys.stderr)\n"
+        "print('SKLEARN' if 'sklearn' in sys.modules else 'NO-SKLEARN', file=sys.stderr)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -51,5 +52,6 @@ def test_asking_imports_neither_torch_nor_gradio(built_index: Path) -> None:
         env=cli_env(built_index),
         cwd=REPO,
     )
-    assert out.stderr.strip().endswith("NO-TORCH\nNO-GRADIO"), out.stderr
+    # Nor scikit-learn: the fitted policy runs as plain arithmetic; only `rag fit` needs it.
+    assert out.stderr.strip().endswith("NO-TORCH\nNO-GRADIO\nNO-SKLEARN"), out.stderr
     assert '"citations"' in out.stdout

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from rag.answer import OFFLINE
+from rag.chat import OFFLINE
 from rag.pipeline import Rag
 from rag.ui import EXAMPLES
 from tests.conftest import INJECTED_QUESTION, REPO, PixelServer, serve_app

@@ -13,7 +13,7 @@ from rag.corpus import Paper
 from tests.conftest import cli_env, run_cli
 
 ASK_KEYS = {
-    "question", "answer", "abstained", "citations", "retrieved", "model", "timings_ms",
+    "question", "answer", "abstained", "citations", "retrieved", "intent", "model", "timings_ms",
     "invalid_citations", "uncited_sentences",
 }  # fmt: skip
 MARKER = re.compile(r"\[(\d+(?:\s*[-–,]\s*\d+)*)\]")
@@ -57,13 +57,16 @@ def check_ask_json(stdout: str) -> dict:
     first_seen = list(dict.fromkeys(cited))
     assert first_seen == [c["n"] for c in citations]  # numbered by first appearance, none missing
 
+    assert out["intent"] in {"single", "list", "comparison", "metadata"}
     retrieved = out["retrieved"]
     for r in retrieved:
-        assert set(r) == {"paper_id", "title", "score"}
+        assert set(r) == {"paper_id", "title", "score", "probability"}
         assert isinstance(r["paper_id"], str) and isinstance(r["title"], str)
-        assert isinstance(r["score"], float)
-    scores = [r["score"] for r in retrieved]
-    assert scores == sorted(scores, reverse=True)
+        assert isinstance(r["score"], float) and 0.0 <= r["probability"] <= 1.0
+    # Shown most probable first (a paper the question names may follow, out of order).
+    named = out["intent"] in {"comparison", "metadata"}
+    probabilities = [r["probability"] for r in retrieved]
+    assert named or probabilities == sorted(probabilities, reverse=True)
     assert len({r["paper_id"] for r in retrieved}) == len(retrieved)
     titles = {r["paper_id"]: r["title"] for r in retrieved}
     assert all(titles.get(c["paper_id"]) == c["title"] for c in citations)  # cites what it found
@@ -237,12 +240,19 @@ def test_doctor_on_the_index(built_index: Path) -> None:
     assert lines["embedder"].startswith("ok") and "all-MiniLM-L6-v2" in lines["embedder"]
     assert lines["store"].startswith("ok") and str(built_index) in lines["store"]
     assert lines["index"].startswith("ok") and "554 papers" in lines["index"]
+    assert lines["policy"].startswith("ok") and "shipped: fitted on" in lines["policy"]
 
     as_json = run_cli("doctor", "--json", env=cli_env(built_index))
     assert as_json.returncode == 0
     checks = json.loads(as_json.stdout)
     assert all(c["ok"] for c in checks.values())
     assert "554 papers" in checks["index"]["detail"]
+
+
+def test_doctor_flags_a_policy_fitted_with_another_embedding_model(tmp_path: Path) -> None:
+    done = run_cli("doctor", env=cli_env(tmp_path / "nothing", RAG_EMBED_MODEL="hash"))
+    policy = next(line for line in done.stdout.splitlines() if " policy " in line)
+    assert policy.startswith("FAIL") and "another embedding model" in policy and "rag fit" in policy
 
 
 def test_doctor_without_index(tmp_path: Path) -> None:

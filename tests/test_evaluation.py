@@ -10,6 +10,7 @@ import pytest
 
 from rag.errors import CorpusError, InputError
 from rag.evaluation import (
+    CATEGORIES,
     GoldQuestion,
     aggregate,
     check_gate,
@@ -22,6 +23,7 @@ from rag.evaluation import (
     score,
     support,
 )
+from rag.policy import Policy
 from tests.conftest import REPO, cli_env, run_cli
 
 
@@ -120,22 +122,61 @@ def test_citation_validity_counts_markers() -> None:
 def test_macro_averages_and_overall() -> None:
     single = GoldQuestion("s", "q", "single", ("A",))
     listq = GoldQuestion("l", "q", "list", ("A", "B"))
-    unans = GoldQuestion("u", "q", "unanswerable", ())
+    unans = GoldQuestion("u", "q", "unanswerable", (), category="near-miss")
+    meta = GoldQuestion("m", "q", "unanswerable", (), category="metadata")
+    compare = GoldQuestion("c", "q", "comparison", ("A", "B"), category="comparison")
+    declined = result([], [], answer="The answer was not found in this collection.")
     rows = [
         (single, score(single, result(["A"], ["A"]))),  # F1 1
         (listq, score(listq, result(["A", "B"], ["A"]))),  # P 1, R .5, F1 2/3
         (unans, score(unans, result(["A"], ["A"]))),  # not abstained
-        (
-            unans,
-            score(unans, result([], [], answer="The answer was not found in this collection.")),
-        ),
+        (unans, score(unans, declined)),
+        (meta, score(meta, declined)),
+        (compare, score(compare, result(["A", "B"], ["A", "C"]))),  # P .5, R .5
     ]
     summary = aggregate(rows)
     assert summary["by_type"]["list"]["citation_f1"] == pytest.approx(2 / 3)
-    assert summary["overall"]["citation_f1"] == pytest.approx((1 + 2 / 3) / 2)  # answerable only
+    assert summary["by_type"]["comparison"]["citation_f1"] == pytest.approx(0.5)
+    # answerable only: single, list, comparison
+    assert summary["overall"]["citation_f1"] == pytest.approx((1 + 2 / 3 + 0.5) / 3)
+    # Questions the collection cannot answer, and record details, counted apart.
     assert summary["overall"]["abstention_accuracy"] == 0.5
+    assert summary["overall"]["metadata_declined"] == 1.0
     assert summary["overall"]["false_abstention_rate"] == 0.0
-    assert summary["overall"]["n"] == 4 and summary["by_type"]["unanswerable"]["n"] == 2
+    assert summary["overall"]["n"] == 6 and summary["by_type"]["unanswerable"]["n"] == 3
+
+
+def test_per_category_figures_have_group_bootstrap_intervals() -> None:
+    from rag.evaluation import by_category
+
+    rows = []
+    for i, value in enumerate([1.0, 1.0, 0.0, 0.0]):
+        gold = GoldQuestion(f"s{i}", "q", "single", ("A",), category="single", group=f"g{i // 2}")
+        rows.append((gold, score(gold, result(["A"], ["A"] if value else ["B"]))))
+    listq = GoldQuestion("l", "q", "list", ("A", "B"), category="list", phrasing="find")
+    rows.append((listq, score(listq, result(["A", "B"], ["A", "B"]))))
+    cats = by_category(rows)
+    assert cats["single"]["n"] == 4 and cats["single"]["citation_f1"] == 0.5
+    # Two groups, one right and one wrong: resampling groups gives 0, 0.5 or 1.
+    assert cats["single"]["interval"] == [0.0, 1.0]
+    assert cats["list:find"]["citation_f1"] == 1.0 and cats["list"]["n"] == 1
+
+
+def test_calibration_bins_predictions_against_the_gold() -> None:
+    from rag.eval_stats import calibration
+
+    gold = GoldQuestion("l", "q", "list", ("A", "B"), ("P",))
+    res = result(["A", "B", "P", "C"], ["A"])
+    for r, p in zip(res["retrieved"], (0.95, 0.15, 0.9, 0.05), strict=True):
+        r["probability"] = p
+    cal = calibration([gold], [res])
+    assert cal["papers"] == 3  # the partial paper is neither right nor wrong
+    assert [(b["from"], b["n"], b["observed"]) for b in cal["bins"]] == [
+        (0.0, 1, 0.0),
+        (0.1, 1, 1.0),
+        (0.9, 1, 1.0),
+    ]
+    assert cal["brier"] == pytest.approx((0.05**2 + 0.85**2 + 0.05**2) / 3, abs=1e-4)
 
 
 # --- support ------------------------------------------------------------------------------------
@@ -190,12 +231,18 @@ def test_dataset_errors_name_file_and_line(tmp_path: Path, line: str, reason: st
 
 def test_the_bundled_gold_sets_are_well_formed(corpus) -> None:
     titles = {p.title for p in corpus}
-    questions = [
-        q for name in ("dev", "heldout") for q in load_dataset(REPO / "eval" / f"{name}.jsonl")
-    ]
+    names = ("dev.jsonl", "heldout.jsonl", "train.jsonl", "blind/blind.jsonl")
+    questions = [q for name in names for q in load_dataset(REPO / "eval" / name)]
+    blind = [q for q in questions if q.dataset == "blind"]
     kinds = [q.type for q in questions]
-    assert len(questions) >= 100 and kinds.count("single") >= 50
-    assert kinds.count("list") >= 30 and kinds.count("unanswerable") >= 15
+    categories = {q.category for q in questions}
+    assert len(questions) >= 400 and len(blind) >= 0.3 * len(questions)
+    assert kinds.count("single") >= 100 and kinds.count("list") >= 100
+    assert kinds.count("comparison") >= 30 and kinds.count("unanswerable") >= 100
+    assert categories == set(CATEGORIES)
+    # At least five wording families of list questions, in the tuning and the blind part.
+    for part in ([q for q in questions if q.dataset != "blind"], blind):
+        assert len({q.phrasing for q in part if q.type == "list"}) >= 5
     assert len({q.id for q in questions}) == len(questions)
     for q in questions:
         assert set(q.gold_titles) | set(q.partial_titles) <= titles, q.id
@@ -243,7 +290,10 @@ def test_rag_eval_writes_everything_and_compare_reads_it(built_index: Path, tmp_
             results[0]
         )
         metrics = json.loads((out / "metrics.json").read_text())
-        assert set(metrics["by_type"]) == {"single", "list", "unanswerable"}
+        assert set(metrics["by_type"]) == {"single", "list", "comparison", "unanswerable"}
+        assert {"single", "list", "off-collection"} <= set(metrics["by_category"])
+        assert metrics["calibration"]["papers"] > 0
+        assert metrics["config"]["policy"]["abstain_below"] == Policy.load().abstain_below
         for key in ("recall@5", "recall@10", "recall@20", "mrr", "ndcg@10", "citation_precision",
                     "citation_recall", "citation_f1", "citation_validity", "abstention_accuracy",
                     "false_abstention_rate"):  # fmt: skip
@@ -253,6 +303,8 @@ def test_rag_eval_writes_everything_and_compare_reads_it(built_index: Path, tmp_
         report = (out / "report.md").read_text()
         assert report.startswith("# Evaluation report") and "| citation_f1 |" in report
         assert (out / "metrics.png").read_bytes().startswith(b"\x89PNG")
+        assert (out / "calibration.png").read_bytes().startswith(b"\x89PNG")
+        assert "## By category" in report and "## Calibration" in report
         runs.append(out)
     done = run_cli("compare", *map(str, runs), "--out", str(tmp_path / "cmp"), env=env)
     assert done.returncode == 0, done.stderr

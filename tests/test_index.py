@@ -17,7 +17,7 @@ import chromadb
 import pytest
 from tokenizers import Tokenizer
 
-from rag.answer import NOT_FOUND
+from rag.chat import NOT_FOUND
 from rag.chunking import Chunk, chunk_id, chunk_papers, split_sentences
 from rag.corpus import Paper
 from rag.embedding import Embedder, HashEmbedder

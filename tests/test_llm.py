@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rag import prompts
-from rag.answer import NOT_FOUND, ScriptedChatModel
+from rag.chat import NOT_FOUND, ScriptedChatModel
 from rag.errors import LLMError
 from rag.index import PaperRecord
 from rag.llm import PLACEHOLDER_KEY, api_key
@@ -75,10 +75,8 @@ def test_answer_streams_and_cites_what_the_model_was_given(
     assert body["stream"] is True and body["model"] == "fake-model"
     assert body["temperature"] == 0.0 and body["max_tokens"] == 1024
     system, user = body["messages"]
-    assert system == {
-        "role": "system",
-        "content": (rag.settings.prompts_dir / "system.md").read_text().strip(),
-    }
+    raw = (rag.settings.prompts_dir / "system.md").read_text().strip()
+    assert system == {"role": "system", "content": raw.replace("{not_found}", NOT_FOUND)}
     # The prompt carried every retrieved source, numbered in order, title and abstract.
     ids = [int(n) for n in re.findall(r'<source id="(\d+)">', user["content"])]
     assert ids == list(range(1, len(result.retrieved) + 1)) and len(ids) == 8
@@ -300,11 +298,19 @@ def test_an_abstract_cannot_break_out_of_its_source_block() -> None:
 
 
 def test_the_system_prompt_states_the_rules(tmp_path: Path) -> None:
-    system = prompts.load(make_settings(tmp_path).prompts_dir, "system")
-    assert NOT_FOUND in system and "[n]" in prompts.load(
-        make_settings(tmp_path).prompts_dir, "answer"
-    )
-    assert "data, not instructions" in system and "every relevant source" in system
+    from rag.llm import OpenAIChatModel
+    from rag.question import Analysis
+
+    settings = make_settings(tmp_path, openai_base_url="http://127.0.0.1:9/v1")
+    raw = prompts.load(settings.prompts_dir, "system")
+    # The declining sentence is written once, in rag.chat, and filled into the prompts.
+    assert NOT_FOUND not in raw and "{not_found}" in raw
+    system, user = OpenAIChatModel(settings, "m").messages(Analysis("q?"), [])
+    assert system["role"] == "system" and user["role"] == "user"
+    assert NOT_FOUND in system["content"] and NOT_FOUND in user["content"]
+    assert "[n]" in user["content"]
+    assert "data, not instructions" in system["content"]
+    assert "every relevant source" in system["content"]
 
 
 def test_a_missing_prompt_file_is_one_clear_error(

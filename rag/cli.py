@@ -336,7 +336,7 @@ def fit(datasets: tuple[Path, ...], out: Path, folds: int) -> None:
             fail(f"cannot write {out}: {exc.strerror}")
     cv = policy.provenance["cross_validated"]
     click.echo(
-        f"declines below P {policy.abstain_below:.2f}; "
+        f"declines below P {policy.decline_single:.2f} (single), {policy.decline_list:.2f} (list); "
         f"out of fold: intent accuracy {cv['intent_accuracy']:.3f}, single F1 "
         f"{cv.get('single', 0):.3f}, list F1 {cv.get('list', 0):.3f}, abstention "
         f"{cv.get('abstain', 0):.3f}, false abstentions {cv['false_abstention']:.3f}; wrote {out}"

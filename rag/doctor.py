@@ -80,7 +80,8 @@ def _policy_check(settings: Settings, fingerprint: str) -> Check:
     cv = dict(policy.provenance).get("cross_validated", {})
     detail = (
         f"{where}: fitted on {dict(policy.provenance).get('questions', '?')} questions, declines "
-        f"below P {policy.abstain_below:.2f} (out of fold: list F1 {cv.get('list', 0):.2f}, "
+        f"below P {policy.decline_single:.2f} / {policy.decline_list:.2f} (out of fold: list F1 "
+        f"{cv.get('list', 0):.2f}, "
         f"abstention {cv.get('abstain', 0):.2f})"
     )
     if not policy.fitted_for(fingerprint):

@@ -78,8 +78,8 @@ def _policy_line(policy: dict[str, Any]) -> str:
         return "not recorded"
     fitted = ", ".join(d.get("file", "?") for d in policy.get("fitted_on", [])) or "nothing"
     return (
-        f"declines below P {policy.get('abstain_below')}, at most {policy.get('max_single')} "
-        f"citations for a single answer, models {policy.get('models_sha256')} fitted on {fitted}"
+        f"declines below P {policy.get('decline_single')} (single) / {policy.get('decline_list')} "
+        f"(list), models {policy.get('models_sha256')} fitted on {fitted}"
     )
 
 

@@ -11,11 +11,11 @@ and the same retrieval, pool and features (``rag.selection``), with the models l
    "it is a gold paper of the question" (partial papers are left out: neither right nor wrong).
    Its P(list) feature is the *out-of-fold* intent probability, as noisy as it will be on new
    questions.
-3. **Declining**: on out-of-fold citation probabilities, the threshold below which the answer
-   declines (``Policy.abstain_below``) that maximises the mean of single-answer citation F1, list
-   citation F1 and abstention accuracy, with false abstentions held at most
-   ``max_false_abstention``; the objective is averaged over neighbouring thresholds first, so the
-   choice sits on a plateau, not a spike. How many papers are cited needs no threshold: the
+3. **Declining**: on out-of-fold citation probabilities, the thresholds below which the answer
+   declines (``Policy.decline_single`` and ``decline_list``, by the question's intent) that
+   maximise the mean of single-answer citation F1, list citation F1 and abstention accuracy, with
+   false abstentions held at most ``max_false_abstention``; the objective is averaged over
+   neighbouring thresholds first, so the choice sits on a plateau, not a spike. How many papers are cited needs no threshold: the
    expected-F1 cut (``rag.selection.expected_f1_cut``).
 
 Regularisation strengths are chosen by the same grouped folds (paraphrases of one question are
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -254,7 +255,13 @@ def _cited(
     ids = [j.source.paper.id for j in example.pool]
     visible = order[:n] + [i for i in order[n:] if ids[i] in named]
     groups = [[pos for pos, i in enumerate(visible) if ids[i] in g] for g in question.named]
-    picked = decide_citations(question.intent, [probabilities[i] for i in visible], groups, policy)
+    picked = decide_citations(
+        question.intent,
+        [probabilities[i] for i in visible],
+        groups,
+        policy,
+        question.probability("list"),
+    )
     return [visible[pos] for pos in picked]
 
 
@@ -275,39 +282,52 @@ def _bucket(example: Example) -> str:
     return "abstain" if gold.type == "unanswerable" else "list" if gold.type == "list" else "single"
 
 
-def _choose_abstention(
+def _choose_decline(
     examples: Sequence[Example],
     oof: Sequence[Sequence[float]],
     policy: Policy,
     max_false: float,
     k: int,
     list_k: int,
-) -> tuple[float, dict[str, float]]:
-    """The decline threshold of the best smoothed objective within the false-abstention cap, and
-    the out-of-fold figures at it."""
-    table = []  # per threshold: (mean per bucket, false abstention rate)
-    for t in THRESHOLDS:
-        trial = replace(policy, abstain_below=t)
-        scores: dict[str, list[float]] = {}
-        false = []
-        for example, probabilities in zip(examples, oof, strict=True):
+) -> tuple[float, float, dict[str, float]]:
+    """The (single, list) decline thresholds of the best smoothed objective within the
+    false-abstention cap, and the out-of-fold figures at them.
+
+    A question is declined or answered by the threshold of its intent only, so each question's
+    outcome is computed once per threshold, and every pair of thresholds combines them.
+    """
+    import numpy as np
+
+    n = len(THRESHOLDS)
+    buckets = ("single", "list", "abstain")
+    sums = {(b, m): np.zeros(n) for b in buckets for m in ("single", "list")}
+    false = {m: np.zeros(n) for m in ("single", "list")}
+    counts = Counter(_bucket(e) for e in examples)
+    answerable = sum(1 for e in examples if e.gold.type != "unanswerable")
+    for example, probabilities in zip(examples, oof, strict=True):
+        mode = "list" if example.analysis.intent == "list" else "single"
+        for i, t in enumerate(THRESHOLDS):
+            trial = replace(policy, decline_single=t, decline_list=t)
             cited = _cited(example, probabilities, trial, k, list_k)
-            scores.setdefault(_bucket(example), []).append(_outcome(example, cited))
+            sums[(_bucket(example), mode)][i] += _outcome(example, cited)
             if example.gold.type != "unanswerable":
-                false.append(float(not cited))
-        means = {b: sum(v) / len(v) for b, v in scores.items()}
-        table.append((means, sum(false) / max(len(false), 1)))
-    objective = [sum(m.values()) / len(m) for m, _ in table]
-    best, best_i = -1.0, 0
-    for i, (_, false_rate) in enumerate(table):
-        if false_rate > max_false:
-            continue
-        window = objective[max(0, i - SMOOTH) : i + SMOOTH + 1]
-        value = sum(window) / len(window)
-        if value > best + 1e-12:
-            best, best_i = value, i
-    means, false_rate = table[best_i]
-    return THRESHOLDS[best_i], {**means, "false_abstention": false_rate}
+                false[mode][i] += float(not cited)
+    present = [b for b in buckets if counts[b]]
+    objective = sum(
+        (sums[(b, "single")][:, None] + sums[(b, "list")][None, :]) / counts[b] for b in present
+    ) / len(present)
+    false_rate = (false["single"][:, None] + false["list"][None, :]) / max(answerable, 1)
+    padded = np.pad(objective, SMOOTH, mode="edge")
+    width = 2 * SMOOTH + 1
+    smooth = sum(padded[a : a + n, b : b + n] for a in range(width) for b in range(width))
+    smooth = smooth / width**2
+    smooth[false_rate > max_false] = -1.0
+    i, j = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    figures = {
+        b: float((sums[(b, "single")][i] + sums[(b, "list")][j]) / counts[b]) for b in present
+    }
+    figures["false_abstention"] = float(false_rate[i, j])
+    return THRESHOLDS[i], THRESHOLDS[j], figures
 
 
 # -- the whole fit --------------------------------------------------------------------------------
@@ -419,7 +439,7 @@ def fit(
     cv = cross_validate(examples, folds)
     usable = cv.usable
     # 3. The decline threshold, on the out-of-fold probabilities.
-    abstain_below, figures = _choose_abstention(
+    decline_single, decline_list, figures = _choose_decline(
         [cv.examples[i] for i in usable],
         [cv.probabilities[i] for i in usable],
         base,
@@ -459,7 +479,8 @@ def fit(
     return base.with_fitted(
         intent=intent_model,
         selection=selection,
-        abstain_below=abstain_below,
+        decline_single=decline_single,
+        decline_list=decline_list,
         embed_fingerprint=embed_fingerprint,
         provenance=provenance,
     )

@@ -95,9 +95,7 @@ class Policy:
     # Papers scored for every question, whatever its intent: the citation model's features are
     # relative to this pool (its median, its best), so it must not change with k or the intent.
     pool: int = 30
-    # -- what is shown and cited --------------------------------------------------------------------
-    # A single-answer question cites at most this many papers (near-ties of the best).
-    max_single: int = 2
+    # -- what is quoted -----------------------------------------------------------------------------
     # Sentences quoted per cited paper: a single answer quotes more of its one paper, a list or a
     # comparison one line per paper.
     single_sentences: int = 2
@@ -107,10 +105,13 @@ class Policy:
     intent: TextModel | None = None
     # P(paper answers the question) from its features (rag.selection.FEATURES).
     selection: LinearModel | None = None
-    # Decline when no paper is at least this probable to answer; chosen by cross-validation under
-    # a cap on false abstentions (rag.fit). Otherwise the most probable papers are cited, as many
-    # as maximise the expected citation F1 (rag.selection.choose).
-    abstain_below: float = 0.5
+    # Decline when no paper is at least this probable to answer, for a question one paper answers
+    # and for one several do: a list's best paper is very probable whenever its topic is in the
+    # collection, a paraphrased single answer's need not be. Chosen together by cross-validation
+    # under a cap on false abstentions (rag.fit). Otherwise the most probable papers are cited, as
+    # many as maximise the expected citation F1 (rag.selection.choose).
+    decline_single: float = 0.5
+    decline_list: float = 0.5
     # The embedding model the fitted part was fitted with (its weights' fingerprint): the intent
     # model reads question embeddings, and the citation model cosine similarities, of that model.
     embed_fingerprint: str = ""

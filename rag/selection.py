@@ -9,10 +9,11 @@ above the pool's median). A logistic regression fitted by ``rag fit`` on gold qu
 into P(this paper answers the question). Several features are also crossed with P(list): what
 makes a paper one of many answers (standing out from its field) is not what makes it the one answer.
 
-``choose`` declines when no paper is probable enough (the fitted ``abstain_below``), and otherwise
-cites the most probable papers, as many as maximise the expected citation F1 under those
-probabilities (at most ``max_single`` for a single-answer question). A comparison cites the papers
-it names.
+``choose`` declines when no paper is probable enough (the fitted ``decline_single`` or
+``decline_list``, by the question's intent), and otherwise cites the most probable papers, as many
+as maximise the expected citation F1 under those probabilities, in expectation over whether the
+question has one answer or several (``expected_f1_cut``). A comparison cites the papers it
+names.
 """
 
 from __future__ import annotations
@@ -130,17 +131,25 @@ def score(
     return sorted(scored, key=lambda s: -(s.probability or 0.0))
 
 
-def expected_f1_cut(probabilities: Sequence[float], limit: int | None = None) -> int:
+def expected_f1_cut(probabilities: Sequence[float], several: float = 1.0) -> int:
     """How many of the most probable papers to cite: the k that maximises the expected citation
-    F1 when each paper answers with its probability, 2 * (sum of the top k) / (k + sum of all)
-    (the expected hits over the mean of cited and expected gold counts). A broad question, many
-    probable papers, cites many; a narrow one few."""
-    ranked = sorted(probabilities, reverse=True)[: limit or None]
-    total = sum(probabilities)
+    F1, over whether the question has several answers (probability ``several``) or one.
+
+    With several, each paper answers independently with its probability, and the expected F1 of
+    the top k is 2 * (their sum) / (k + sum of all): expected hits over the mean of cited and
+    expected gold counts, so a broad question cites many, a narrow one few. With one, the
+    probabilities are shares of the one right paper, and citing k of which it is one scores
+    2 / (k + 1): a second paper must be at least half as probable as the first, a third a third
+    as probable as the first two together, and so on.
+    """
+    ranked = sorted(probabilities, reverse=True)
+    total = sum(probabilities) or 1.0
     best, best_k, running = -1.0, 1, 0.0
     for k, p in enumerate(ranked, start=1):
         running += p
-        value = 2 * running / (k + total)
+        value = several * 2 * running / (k + total) + (1 - several) * (running / total) * 2 / (
+            k + 1
+        )
         if value > best + 1e-12:
             best, best_k = value, k
     return best_k
@@ -150,17 +159,23 @@ def choose(question: Analysis, sources: Sequence[Retrieved], policy: Policy) -> 
     """Positions (1-based, in ``sources``) of the papers to cite, in citing order; [] declines.
 
     A comparison cites the papers it names (the most probable paper of each name). Otherwise
-    nothing is cited unless the most probable paper reaches ``policy.abstain_below``; then the
-    most probable papers are cited, as many as ``expected_f1_cut`` says (a single-answer question
-    at most ``policy.max_single``).
+    nothing is cited unless the most probable paper reaches ``policy.decline_single`` (or
+    ``decline_list`` for a list question); then the most probable papers are cited, as many as
+    ``expected_f1_cut`` says, weighing one answer against several by the intent model's P(list).
     """
     probabilities = [s.probability or 0.0 for s in sources]
     groups = [[i for i, s in enumerate(sources) if s.paper.id in g] for g in question.named]
-    return [i + 1 for i in decide_citations(question.intent, probabilities, groups, policy)]
+    several = question.probability("list")
+    picked = decide_citations(question.intent, probabilities, groups, policy, several)
+    return [i + 1 for i in picked]
 
 
 def decide_citations(
-    intent: str, probabilities: Sequence[float], named: Sequence[Sequence[int]], policy: Policy
+    intent: str,
+    probabilities: Sequence[float],
+    named: Sequence[Sequence[int]],
+    policy: Policy,
+    several: float | None = None,
 ) -> list[int]:
     """``choose`` on plain lists (0-based indices), shared with ``rag fit``'s cross-validation.
 
@@ -174,8 +189,10 @@ def decide_citations(
                 chosen.append(max(hits, key=lambda i: probabilities[i]))
         if len(chosen) >= 2:
             return chosen
-    if not probabilities or max(probabilities) < policy.abstain_below:
+    floor = policy.decline_list if intent == "list" else policy.decline_single
+    if not probabilities or max(probabilities) < floor:
         return []
     ranked = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])
-    limit = None if intent == "list" else policy.max_single
-    return ranked[: expected_f1_cut(probabilities, limit)]
+    if several is None:  # no intent model: the decided intent is certain
+        several = 1.0 if intent == "list" else 0.0
+    return ranked[: expected_f1_cut(probabilities, several)]

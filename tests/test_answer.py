@@ -19,7 +19,7 @@ from rag.retrieval import Retrieved
 from rag.selection import choose, expected_f1_cut
 
 IDF = {"hopper": 5.0, "gpu": 2.0, "kernel": 3.0, "fuse": 3.0, "quantum": 5.0, "attent": 2.5}
-POLICY = Policy(abstain_below=0.5)
+POLICY = Policy(decline_single=0.5, decline_list=0.5)
 
 
 def query(text: str, intent: str = "single", glossary: Glossary | None = None) -> Analysis:
@@ -58,22 +58,29 @@ def test_declines_when_no_paper_is_probable_enough() -> None:
 
 
 @pytest.mark.parametrize(
-    ("probabilities", "limit", "expected"),
+    ("probabilities", "several", "expected"),
     [
-        ([0.95, 0.1, 0.05], None, 1),  # one clear answer
-        ([0.9, 0.85, 0.8, 0.75, 0.1], None, 4),  # a broad question: every probable paper
-        ([0.9, 0.6, 0.55, 0.5, 0.45, 0.4], None, 6),  # many maybes: citing them pays
-        ([0.9, 0.85, 0.8], 2, 2),  # a single answer cites at most ``limit``
+        ([0.95, 0.1, 0.05], 1.0, 1),  # one clear answer
+        ([0.9, 0.85, 0.8, 0.75, 0.1], 1.0, 4),  # a broad question: every probable paper
+        ([0.9, 0.6, 0.55, 0.5, 0.45, 0.4], 1.0, 6),  # many maybes: citing them pays
+        # One answer: the probabilities share it, and a second paper needs half the first's...
+        ([0.9, 0.5, 0.1], 0.0, 2),
+        ([0.9, 0.4, 0.1], 0.0, 1),
+        # ... while three equally likely ones are all cited: one of them is surely right.
+        ([0.9, 0.85, 0.8], 0.0, 3),
+        ([0.9, 0.85, 0.8, 0.75, 0.1], 0.5, 4),  # unsure: several answers still pay here
     ],
 )
-def test_the_expected_f1_cut(probabilities: list[float], limit: int | None, expected: int) -> None:
-    assert expected_f1_cut(probabilities, limit) == expected
+def test_the_expected_f1_cut(probabilities: list[float], several: float, expected: int) -> None:
+    assert expected_f1_cut(probabilities, several) == expected
 
 
-def test_a_single_answer_cites_at_most_max_single_papers() -> None:
-    sources = [source(f"P{i}", f"We fuse kernels {i}.", p=0.9) for i in range(4)]
-    assert len(choose(query("which paper fuses kernels?"), sources, POLICY)) == 2
-    assert len(choose(query("papers fusing kernels", "list"), sources, POLICY)) == 4
+def test_a_single_answer_cites_one_paper_unless_another_is_nearly_as_probable() -> None:
+    sources = [
+        source(f"P{i}", f"We fuse kernels {i}.", p=p) for i, p in enumerate((0.9, 0.35, 0.3, 0.25))
+    ]
+    assert len(choose(query("which paper fuses kernels?"), sources, POLICY)) == 1
+    assert len(choose(query("papers fusing kernels", "list"), sources, POLICY)) == 2
 
 
 def test_a_comparison_cites_each_named_paper_whatever_its_probability() -> None:

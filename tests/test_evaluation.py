@@ -293,7 +293,7 @@ def test_rag_eval_writes_everything_and_compare_reads_it(built_index: Path, tmp_
         assert set(metrics["by_type"]) == {"single", "list", "comparison", "unanswerable"}
         assert {"single", "list", "off-collection"} <= set(metrics["by_category"])
         assert metrics["calibration"]["papers"] > 0
-        assert metrics["config"]["policy"]["abstain_below"] == Policy.load().abstain_below
+        assert metrics["config"]["policy"]["decline_list"] == Policy.load().decline_list
         for key in ("recall@5", "recall@10", "recall@20", "mrr", "ndcg@10", "citation_precision",
                     "citation_recall", "citation_f1", "citation_validity", "abstention_accuracy",
                     "false_abstention_rate"):  # fmt: skip

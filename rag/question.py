@@ -140,7 +140,9 @@ class Analysis:
             found |= {
                 t
                 for t, alternatives in self.alternatives.items()
-                if t not in found and any(f" {alt} " in text.joined for alt in alternatives)
+                if t in self.weights
+                and t not in found
+                and any(f" {alt} " in text.joined for alt in alternatives)
             }
         if not self.phrases or not found:
             return found, set()

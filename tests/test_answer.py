@@ -94,6 +94,20 @@ def test_a_comparison_cites_each_named_paper_whatever_its_probability() -> None:
     assert text.splitlines()[0].startswith("- Alpha: Alpha fuses kernels. [2]")
 
 
+def test_a_comparison_quotes_the_aspect_even_when_a_name_is_a_glossary_family() -> None:
+    # The aspect leaves out the compared papers' title terms, "moe" among them here, though the
+    # glossary still knows its members: matching must go by the aspect's own terms.
+    glossary = Glossary({"moe": ["mixture of experts"]})
+    a = source("MoE++: faster experts", "MoE++ routes tokens to mixture of experts layers.", p=0.9)
+    b = source("Beta: tiles", "Beta tiles attention kernels.", p=0.8)
+    question = replace(
+        query("Compare MoE++ and Beta on attention kernels", "comparison", glossary),
+        named=((a.paper.id,), (b.paper.id,)),
+    )
+    text = answer(question, [a, b])
+    assert text.splitlines()[1] == "- Beta: tiles: Beta tiles attention kernels. [2]"
+
+
 def test_a_match_only_inside_a_comparison_counts_less() -> None:
     uses = source("A", "We build a runtime for the H100 GPU.", 0.3)
     compares = source("B", "Our Intel GPU runtime outperforms the CUDA one on the H100 GPU.", 0.3)

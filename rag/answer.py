@@ -122,8 +122,7 @@ class ExtractiveAnswerer:
 
     @staticmethod
     def _topic(question: Analysis, sentence: str) -> set[str]:
-        full, loose = question.matched(Terms.of(terms(sentence)))
-        return full | loose
+        return question.matched(Terms.of(terms(sentence)))
 
     def rewrite(self, question: str, history: Sequence[Turn]) -> str:
         """Follow-ups by the offline rule (``rag.followup.offline_rewrite``)."""

@@ -8,7 +8,6 @@ word matching, so "GPUs" in a question and "GPUs" in an abstract always become t
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -25,10 +24,6 @@ from typing import Any
 from rag.names import Catalog
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")
-# Two adjacent terms are a phrase of the collection ("kv cach", "tensor core") when at least this
-# many chunks use the pair, and the pair is at least this share of the rarer term's uses.
-PHRASE_MIN_CHUNKS = 3
-PHRASE_SHARE = 0.25
 
 
 @lru_cache(maxsize=1)
@@ -120,7 +115,6 @@ class Bm25:
     df: dict[str, int]
     retriever: Any = field(repr=False)
     names: Catalog = field(default_factory=lambda: Catalog(()), repr=False)
-    phrases: frozenset[str] = field(default_factory=frozenset, repr=False)  # "a b" term pairs
 
     @classmethod
     def build(
@@ -139,12 +133,6 @@ class Bm25:
         if tokens:
             retriever.index(tokens, show_progress=False)
         df = Counter(term for doc in tokens for term in set(doc))
-        pairs = Counter(pair for doc in tokens for pair in set(itertools.pairwise(doc)))
-        phrases = frozenset(
-            f"{a} {b}"
-            for (a, b), n in pairs.items()
-            if a != b and n >= PHRASE_MIN_CHUNKS and n >= PHRASE_SHARE * min(df[a], df[b])
-        )
         return cls(
             generation,
             list(chunk_ids),
@@ -152,12 +140,7 @@ class Bm25:
             dict(df),
             retriever,
             Catalog.build(papers),
-            phrases,
         )
-
-    def collocated(self, first: str, second: str) -> bool:
-        """Whether the collection uses the terms ``first second`` as a phrase."""
-        return f"{first} {second}" in self.phrases
 
     @property
     def size(self) -> int:
@@ -204,7 +187,6 @@ class Bm25:
                 "paper_ids": self.paper_ids,
                 "df": self.df,
                 "names": self.names.to_json(),
-                "phrases": sorted(self.phrases),
             }
             (tmp / "meta.json").write_text(json.dumps(meta))
             old = directory.with_name(directory.name + ".old")
@@ -241,7 +223,6 @@ class Bm25:
                 meta["df"],
                 retriever,
                 Catalog.from_json(meta["names"]),
-                frozenset(meta["phrases"]),
             )
         except (OSError, ValueError, KeyError):
             return None

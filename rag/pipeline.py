@@ -273,7 +273,6 @@ class Rag:
             lexicon.names,
             self.policy,
             [float(v) for v in vector] if own else None,
-            lexicon.collocated,
             self._field_of,
         )
 

@@ -87,9 +87,6 @@ class Policy:
     # A topic term found only after a comparison cue ("outperforms X on H100") counts this much: the
     # paper is about something else and mentions X as a baseline.
     compared_weight: float = 0.25
-    # A term of a phrase the question uses ("KV cache"), found only outside that phrase ("cache
-    # efficiency"), counts this much: the same word, another thing.
-    unpaired_weight: float = 0.5
     # Papers fused from dense + BM25 hits per paper scored: fusion finds, relevance orders.
     fetch_factor: int = 2
     # Papers scored for every question, whatever its intent: the citation model's features are

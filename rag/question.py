@@ -3,7 +3,8 @@
 ``analyse`` reads a question and returns an ``Analysis``:
 
 - its topic terms, each weighted by its IDF in the collection (rarer terms say more), with the
-  glossary's alternatives ("hopper" is also matched by "h100");
+  glossary's alternatives ("hopper" is also matched by "h100"), and those the collection never
+  uses;
 - the versions and quantities it names ("TPU v5e", "10 million": ``rag.relevance.specifics``);
 - the papers it names, from the collection's own catalog of names (``rag.names``);
 - its intent: one paper answers it (single), several (list), it compares the papers it names
@@ -105,8 +106,6 @@ class Analysis:
     specifics: tuple[str, ...] = ()  # versions and numbers the question names
     unknown: tuple[str, ...] = ()  # topic terms the collection never uses
     unknown_names: tuple[str, ...] = ()  # ... of them, those the question writes as a name
-    phrases: tuple[tuple[str, str], ...] = ()  # adjacent topic terms the collection uses as one
-    # (a phrase's term counts fully only beside its partner: see ``matched``)
     wording: tuple[str, ...] = ()  # the features the intent model read
     search: str = ""  # the text searched: the question and its glossary members
 
@@ -121,20 +120,9 @@ class Analysis:
             return float(self.intents.get(intent, 0.0))
         return 1.0 if intent == self.intent else 0.0
 
-    @property
-    def partners(self) -> dict[str, set[str]]:
-        """Each term of the question's phrases and the terms it forms them with."""
-        out: dict[str, set[str]] = {}
-        for a, b in self.phrases:
-            out.setdefault(a, set()).add(b)
-            out.setdefault(b, set()).add(a)
-        return out
-
-    def matched(self, text: Terms) -> tuple[set[str], set[str]]:
-        """The topic terms a text (a sentence or a title, as ``Terms``) holds: fully (directly,
-        via the glossary, or, for a term of one of the question's phrases, together with its
-        partner), and loosely (a phrase's term without its partner: "cache" in a sentence that
-        never says "KV" is not the "KV cache" asked about)."""
+    def matched(self, text: Terms) -> set[str]:
+        """The topic terms a text (a sentence or a title, as ``Terms``) holds, directly or via
+        the glossary."""
         found = {t for t in self.weights if t in text.present}
         if self.alternatives:
             found |= {
@@ -144,11 +132,7 @@ class Analysis:
                 and t not in found
                 and any(f" {alt} " in text.joined for alt in alternatives)
             }
-        if not self.phrases or not found:
-            return found, set()
-        partners = self.partners
-        loose = {t for t in found if t in partners and not partners[t] & found}
-        return found - loose, loose
+        return found
 
 
 _WORDING = re.compile(r"<name>|<num>|[a-z]+(?:'[a-z]+)?")
@@ -197,12 +181,10 @@ def analyse(
     catalog: Catalog | None = None,
     policy: Policy | None = None,
     vector: Sequence[float] | None = None,
-    collocated: Callable[[str, str], bool] | None = None,
     field_of: Callable[[str], str] | None = None,
 ) -> Analysis:
     """Analyse ``question`` against the collection's statistics, names and the fitted policy;
-    ``vector`` is the question's embedding (the intent model may read it); ``collocated`` says
-    whether two adjacent terms form a phrase of the collection ("kv cach": rag.lexical.Bm25);
+    ``vector`` is the question's embedding (the intent model may read it);
     ``field_of`` names the ``FIELDS`` key a metadata question asks for (``nearest_field``).
 
     A term the collection never uses gets the weight of the rarest term (``rarest``): a question
@@ -231,13 +213,6 @@ def analyse(
         asks_for=asks_for,
         weights={t: idf(t) or rarest for t in topic},
         unknown=tuple(t for t in topic if not idf(t)),
-        phrases=tuple(
-            dict.fromkeys(
-                (a, b)
-                for a, b in pairwise(question_terms)
-                if a != b and a in topic and b in topic and collocated and collocated(a, b)
-            )
-        ),
         unknown_names=tuple(t for t in _written_as_names(question) if t in topic and not idf(t)),
         alternatives={t: per_term[t] for t in topic if t in per_term},
         specifics=specifics(question),

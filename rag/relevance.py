@@ -151,19 +151,15 @@ def evidence(question: Analysis, paper: PaperRecord, policy: Policy) -> Evidence
 
     A term found only where the abstract compares against something ("outperforms ... on
     H100", "faster than X") counts ``policy.compared_weight``: that paper is about something else.
-    A term of one of the question's phrases found without it counts ``policy.unpaired_weight``.
     """
     title_terms, sentences = _analysed(paper.title, paper.abstract)
-    full, loose = question.matched(title_terms)
-    in_title = {t: policy.unpaired_weight for t in loose} | {t: 1.0 for t in full}
-    strength = dict(in_title)
+    in_title = question.matched(title_terms)
+    strength = dict.fromkeys(in_title, 1.0)
     weighted = []
     for sentence, head, tail in sentences:
-        main, main_loose = question.matched(head)
-        found = {t: policy.unpaired_weight for t in main_loose} | {t: 1.0 for t in main}
+        found = dict.fromkeys(question.matched(head), 1.0)
         if tail is not None:
-            compared_full, compared_loose = question.matched(tail)
-            for t in (compared_full | compared_loose) - set(found):
+            for t in question.matched(tail) - set(found):
                 found[t] = policy.compared_weight
         for t, w in found.items():
             strength[t] = max(strength.get(t, 0.0), w)
@@ -172,7 +168,7 @@ def evidence(question: Analysis, paper: PaperRecord, policy: Policy) -> Evidence
     total = sum(weights.values()) or 1.0
     return Evidence(
         coverage=sum(weights[t] * w for t, w in strength.items()) / total,
-        title_coverage=sum(weights[t] * w for t, w in in_title.items()) / total,
+        title_coverage=sum(weights[t] for t in in_title) / total,
         sentences=weighted,
         missing={t: w for t, w in weights.items() if t not in strength},
         specifics_named=all(mentions(paper, s) for s in question.specifics),

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from rag.followup import Turn, offline_rewrite
 
@@ -36,13 +37,29 @@ def declines(text: str) -> bool:
     return plain.startswith(NOT_FOUND.rstrip(".").casefold())
 
 
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something a chat model tells the pipeline beside its text, never shown as text.
+
+    - ``shown``: the model saw only the first ``count`` sources (the rest did not fit its context
+      window); ``detail`` is the ``rag.budget.Fitted`` record. Comes before any text.
+    - ``truncated``: the answer was cut at ``count`` tokens (the model's ``finish_reason`` was
+      "length"). Comes after the text.
+    - ``echo``: ``count`` sentences of the text repeated the model's instructions (``detail``).
+    """
+
+    kind: Literal["shown", "truncated", "echo"]
+    count: int
+    detail: Any = None
+
+
 class ChatModel(Protocol):
     """Writes an answer from numbered sources, streaming it piece by piece."""
 
     name: str
 
-    def stream(self, question: Analysis, sources: Sequence[Retrieved]) -> Iterator[str]:
-        """Yield the answer text; cite source i (1-based, as given) as [i]."""
+    def stream(self, question: Analysis, sources: Sequence[Retrieved]) -> Iterator[str | Note]:
+        """Yield the answer text (and any ``Note``); cite source i (1-based, as given) as [i]."""
         ...
 
     def rewrite(self, question: str, history: Sequence[Turn]) -> str:

@@ -134,6 +134,8 @@ def print_answer(rag: Any, question: str, k: int | None, model: str | None = Non
         click.echo("\nSources:")
         for c in result.citations:
             click.echo(f"  [{c.n}] {c.title}")
+    for note in result.notes():
+        click.echo(f"note: {note}", err=True)
 
 
 MODEL_HELP = "Chat model: 'offline' (extractive, no LLM) or a model of the configured LLM endpoint."
@@ -259,6 +261,13 @@ def chat(host: str, port: int, share: bool) -> None:
     default=None,
     help="JSON of metric thresholds; exit 1 when a metric is past one (CI).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Questions asked at once (for an LLM endpoint that serves several).",
+)
 def evaluate(
     datasets: tuple[Path, ...],
     out: Path,
@@ -267,18 +276,35 @@ def evaluate(
     retriever: str,
     judge: str,
     gate: Path | None,
+    jobs: int,
 ) -> None:
     """Score answers to gold questions: DATASETS are JSONL files of {"id", "question", "type",
-    "gold_titles", "partial_titles"}. Writes results.jsonl, metrics.json, report.md and plots
-    into --out."""
+    "gold_titles", "partial_titles"}. Writes results.jsonl (as it goes), metrics.json, report.md
+    and plots into --out. A question that fails is an error row, counted; the run goes on."""
     from rag.eval_report import write_run
     from rag.evaluation import check_gate, run_eval
 
     with user_errors():
         rag = make_rag()
-        run = run_eval(
-            rag, datasets, k, retriever, model, judge, progress=progress_line("questions")
-        )
+        partial: list[Any] = []  # results.jsonl, opened at the first answer (a bad dataset: none)
+
+        def sink(row: dict[str, Any]) -> None:
+            if not partial:
+                try:
+                    out.mkdir(parents=True, exist_ok=True)
+                    partial.append((out / "results.jsonl").open("w", encoding="utf-8"))
+                except OSError as exc:
+                    fail(f"cannot write into {out}: {exc.strerror}")
+            partial[0].write(json.dumps(row, ensure_ascii=False) + "\n")
+            partial[0].flush()
+
+        try:
+            run = run_eval(
+                rag, datasets, k, retriever, model, judge, progress_line("questions"), jobs, sink
+            )
+        finally:
+            for handle in partial:
+                handle.close()
         metrics = write_run(run, out)
         failures = check_gate(metrics, gate) if gate else []
     for title in run.missing_titles:
@@ -298,7 +324,14 @@ def evaluate(
     )
     for failure in failures:
         click.echo(f"gate: {failure}", err=True)
-    if failures:
+    failed = [r for r in run.results if "error" in r]
+    if failed:
+        click.echo(
+            f"error: {len(failed)} of {len(run.results)} questions failed and were not scored "
+            f"(their rows in results.jsonl say why; the first: {failed[0]['error']})",
+            err=True,
+        )
+    if failures or failed:
         sys.exit(1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from rag.errors import RagError
 from rag.settings import Settings
@@ -62,7 +63,7 @@ def run_checks(settings: Settings) -> list[Check]:
         )
     except RagError as exc:
         checks.append(Check("index", False, str(exc)))
-    checks.append(_llm_check(settings))
+    checks.append(_llm_check(settings, embedder, client))
     return checks
 
 
@@ -94,8 +95,12 @@ def _policy_check(settings: Settings, fingerprint: str) -> Check:
     return Check("policy", True, detail)
 
 
-def _llm_check(settings: Settings) -> Check:
-    """Ask the endpoint for its models, once and quickly: doctor must not hang on a dead server."""
+LIST_QUESTION = "Which papers target Hopper GPUs?"  # what doctor fits into the window
+
+
+def _llm_check(settings: Settings, embedder: Any = None, client: Any = None) -> Check:
+    """Ask the endpoint for its models and context window, once and quickly (doctor must not
+    hang on a dead server), and show what a list question would send it."""
     if not settings.llm_configured:
         return Check("llm", True, "none configured: the offline extractive answerer is used")
     from rag.llm import OpenAIChatModel
@@ -106,8 +111,34 @@ def _llm_check(settings: Settings) -> Check:
     llm = OpenAIChatModel(quick)
     try:
         models = llm.models()
+        name = llm.name
+        window = llm.window
     except RagError as exc:
         return Check("llm", False, str(exc))
-    name = llm.name
     listed = "listed" if name in models else f"not among the {len(models)} listed"
-    return Check("llm", name in models or not models, f"{llm.endpoint}: model {name!r} ({listed})")
+    said = "" if window.source != "assumed" else ": not reported by the server, set RAG_LLM_CONTEXT"
+    detail = (
+        f"{llm.endpoint}: model {name!r} ({listed}); context window {window.tokens} tokens "
+        f"({window.source}{said})"
+    )
+    if embedder is not None and client is not None:
+        detail += _list_fit(settings, embedder, client, llm)
+    return Check("llm", name in models or not models, detail)
+
+
+def _list_fit(settings: Settings, embedder: Any, client: Any, llm: Any) -> str:
+    """What a list question would send the model: how many sources fit, at how many tokens."""
+    from rag.pipeline import Rag
+
+    try:
+        rag = Rag(settings, embedder=embedder, client=client)
+        analysis = rag.analyse(LIST_QUESTION)
+        sources = rag.sources(analysis, settings.top_k)
+        _, fitted, answer = llm.messages(analysis, sources)
+    except RagError as exc:
+        return f"; a list question cannot be sent: {exc}"
+    cut = f", {fitted.cut} cut to their best sentences" if fitted.cut else ""
+    return (
+        f"; a list question sends {len(fitted.sources)} of {len(sources)} sources{cut}, "
+        f"~{fitted.tokens} prompt tokens, and allows {answer} for the answer"
+    )

@@ -187,6 +187,16 @@ def report(run: EvalRun, metrics: dict[str, Any], plots: Sequence[str], worst: i
         + " |",
         "",
     ]
+    failed = [r for r in run.results if "error" in r]
+    if failed:
+        lines += [
+            f"## Questions that failed ({len(failed)})",
+            "",
+            "Not scored, and left out of every figure above:",
+            "",
+            *[f"- {r['id']}: {r['error']}" for r in failed],
+            "",
+        ]
     if run.missing_titles:
         lines += [
             "## Gold titles not in the index",
@@ -210,7 +220,7 @@ def _badness(gold: GoldQuestion, row: dict[str, float | None]) -> float:
 def worst_questions(run: EvalRun, limit: int) -> list[str]:
     """The questions that went worst, each with its citations marked against the gold."""
     rows = list(zip(run.questions, run.scores, run.results, strict=True))
-    rows = [r for r in rows if _badness(r[0], r[1]) > 0]
+    rows = [r for r in rows if "error" not in r[2] and _badness(r[0], r[1]) > 0]
     rows.sort(key=lambda r: (-_badness(r[0], r[1]), r[0].id))
     lines = [
         f"## Worst questions ({min(limit, len(rows))} of {len(rows)} not perfect)",

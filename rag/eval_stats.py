@@ -52,7 +52,7 @@ def calibration(
     for gold, result in zip(questions, results, strict=True):
         keys = {normalise_title(t) for t in gold.gold_titles}
         partial = {normalise_title(t) for t in gold.partial_titles}
-        for item in result["retrieved"]:
+        for item in result.get("retrieved", []):  # an error row retrieved nothing
             p = item.get("probability")
             key = normalise_title(item["title"])
             if p is None or (key in partial and gold.type != "unanswerable"):

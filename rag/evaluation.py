@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from rag.citations import MARKER, claims, expand, sentence_support
 from rag.corpus import normalise_title
-from rag.errors import CorpusError, InputError
+from rag.errors import CorpusError, InputError, RagError
 
 QuestionType = Literal["single", "list", "comparison", "unanswerable"]
 TYPES: tuple[QuestionType, ...] = ("single", "list", "comparison", "unanswerable")
@@ -216,6 +216,8 @@ def aggregate(rows: Sequence[tuple[GoldQuestion, dict[str, float | None]]]) -> d
         values = {name: mean(s.get(name) for s in subset) for name in METRICS}
         return {**values, "support": mean(s.get("support") for s in subset), "n": len(subset)}
 
+    errors = sum(1 for _, s in rows if s.get("error"))
+    rows = [(q, s) for q, s in rows if not s.get("error")]  # failed questions are not scored
     by_type = {t: average([s for q, s in rows if q.type == t]) for t in TYPES}
     answerable = average([s for q, s in rows if q.type != "unanswerable"])
     overall = {**answerable, "n": len(rows)}
@@ -228,6 +230,8 @@ def aggregate(rows: Sequence[tuple[GoldQuestion, dict[str, float | None]]]) -> d
         s["abstention_accuracy"] for q, s in rows if q.category == "metadata"
     )
     overall["citation_validity"] = mean(s.get("citation_validity") for _, s in rows)
+    overall["errors"] = errors
+    overall["n"] = len(rows) + errors
     return {"overall": overall, "by_type": by_type}
 
 
@@ -245,7 +249,7 @@ def by_category(
     families = sorted({q.phrasing for q, _ in rows if q.type == "list" and q.phrasing})
     keys += [(f"list:{f}", lambda q, f=f: q.type == "list" and q.phrasing == f) for f in families]
     for name, member in keys:
-        subset = [(q, s) for q, s in rows if member(q)]
+        subset = [(q, s) for q, s in rows if member(q) and not s.get("error")]
         if not subset:
             continue
         headline = "abstention_accuracy" if subset[0][0].type == "unanswerable" else "citation_f1"
@@ -298,20 +302,48 @@ def evaluate(
     judge: Judge | None = None,
     support_method: str = "lexical proxy",
     progress: Callable[[int, int], None] | None = None,
+    jobs: int = 1,
+    sink: Callable[[dict[str, Any]], None] | None = None,
 ) -> EvalRun:
-    """Ask every question through ``rag`` (a ``Rag``) and score the answers."""
+    """Ask every question through ``rag`` (a ``Rag``) and score the answers.
+
+    ``jobs`` questions are asked at once (an LLM endpoint may serve several). A question that
+    fails (an LLM error, say) becomes an error row, ``{"id", "question", "error"}``, counted and
+    left out of every average, and the run goes on; ``sink`` receives each row as it is done, so
+    a run that is stopped keeps what it had.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     started = time.perf_counter()
-    results, scores = [], []
-    for done, gold in enumerate(questions, start=1):
-        result = rag.ask(gold.question, k=k, mode=mode, model=model)
+
+    def answer(gold: GoldQuestion) -> tuple[dict[str, Any], dict[str, Any]]:
+        try:
+            result = rag.ask(gold.question, k=k, mode=mode, model=model)
+        except RagError as exc:
+            failed = {"id": gold.id, "question": gold.question, "error": str(exc)}
+            return failed, {**dict.fromkeys(METRICS), "support": None, "error": True}
         payload = {"id": gold.id, **result.to_dict()}
         texts = {r.paper.id: f"{r.paper.title}. {r.paper.abstract}" for r in result.retrieved}
-        row = score(gold, payload)
-        row["support"] = support(payload, texts, judge or proxy_judge)
-        results.append(payload)
-        scores.append(row)
-        if progress is not None:
-            progress(done, len(questions))
+        row: dict[str, Any] = score(gold, payload)
+        try:
+            row["support"] = support(payload, texts, judge or proxy_judge)
+        except RagError:  # a judge that fails leaves support unjudged, not the answer unscored
+            row["support"] = None
+        return payload, row
+
+    done = 0
+    answered: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(answer, gold): i for i, gold in enumerate(questions)}
+        for future in as_completed(futures):
+            answered[futures[future]] = future.result()
+            done += 1
+            if sink is not None:
+                sink(answered[futures[future]][0])
+            if progress is not None:
+                progress(done, len(questions))
+    results = [answered[i][0] for i in range(len(questions))]
+    scores = [answered[i][1] for i in range(len(questions))]
     chat_model = rag.model(model)
     config = {
         "retriever": mode,
@@ -335,6 +367,8 @@ def run_eval(
     model: str | None = None,
     judge: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    jobs: int = 1,
+    sink: Callable[[dict[str, Any]], None] | None = None,
 ) -> EvalRun:
     """Load the datasets, check their titles against the index, evaluate, with the chosen judge."""
     questions = [q for path in paths for q in load_dataset(Path(path))]
@@ -353,7 +387,7 @@ def run_eval(
         judge_fn, method = proxy_judge, "lexical proxy"
     known = title_keys(rag.index.titles())
     wanted = dict.fromkeys(t for q in questions for t in q.gold_titles)
-    run = evaluate(rag, questions, k, mode, model, judge_fn, method, progress)
+    run = evaluate(rag, questions, k, mode, model, judge_fn, method, progress, jobs, sink)
     run.missing_titles = [t for t in wanted if normalise_title(t) not in known]
     return run
 

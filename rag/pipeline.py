@@ -18,7 +18,7 @@ import numpy as np
 
 from rag import citations
 from rag.answer import ExtractiveAnswerer, decline_metadata, subject
-from rag.chat import OFFLINE, ChatModel, declines
+from rag.chat import OFFLINE, ChatModel, Note, declines
 from rag.citations import Citation
 from rag.corpus import Paper, load_bundled, load_paths
 from rag.embedding import Embedder, load_embedder
@@ -26,6 +26,7 @@ from rag.errors import IndexMissingError, InputError
 from rag.followup import Turn
 from rag.index import Index, IngestStats
 from rag.lexical import Glossary
+from rag.llm_text import without
 from rag.policy import Policy
 from rag.question import FIELDS, Analysis, analyse, held, nearest_field, shown
 from rag.resources import data_path
@@ -49,6 +50,31 @@ class AskResult:
     invalid_citations: list[int] = field(default_factory=list)  # markers naming no given source
     uncited_sentences: int = 0
     standalone: str = ""  # the question as searched (a follow-up, rewritten)
+    truncated: bool = False  # the model stopped at its token limit: the answer is cut short
+    echoed_sentences: int = 0  # sentences repeating the model's instructions, taken out
+    prompt: dict[str, Any] | None = None  # how the sources were fitted to an LLM's context
+
+    def notes(self) -> list[str]:
+        """What a reader should know about how the answer was made, one sentence each."""
+        out = []
+        if self.prompt and (self.prompt["cut"] or self.prompt["dropped"]):
+            held, total = self.prompt["sources"], self.prompt["sources"] + self.prompt["dropped"]
+            cut = (
+                f", {self.prompt['cut']} of them cut to their best sentences"
+                if self.prompt["cut"]
+                else ""
+            )
+            out.append(f"the model's context window held {held} of the {total} sources{cut}")
+        if self.truncated:
+            out.append(
+                "the answer stopped at the model's token limit (RAG_LLM_MAX_TOKENS): it may be cut short"
+            )
+        if self.echoed_sentences:
+            out.append(
+                f"the model repeated {self.echoed_sentences} sentence(s) of its instructions; "
+                "they were taken out of the answer"
+            )
+        return out
 
     def turn(self) -> Turn:
         """This exchange as conversation history for a follow-up."""
@@ -77,6 +103,9 @@ class AskResult:
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "invalid_citations": list(self.invalid_citations),
             "uncited_sentences": self.uncited_sentences,
+            "truncated": self.truncated,
+            "echoed_sentences": self.echoed_sentences,
+            "prompt": self.prompt,
         }
 
 
@@ -128,7 +157,9 @@ class Rag:
             else:
                 from rag.llm import OpenAIChatModel
 
-                self._models[name] = OpenAIChatModel(self.settings, name or None)
+                self._models[name] = OpenAIChatModel(
+                    self.settings, name or None, policy=self.policy
+                )
         return self._models[name]
 
     def model_choices(self) -> list[str]:
@@ -225,8 +256,15 @@ class Rag:
         else:
             pieces = chat_model.stream(analysis, sources)
         renumberer = citations.Renumberer(len(sources))
-        written = []
+        written: list[str] = []
+        notes: dict[str, Note] = {}
         for piece in pieces:
+            if isinstance(piece, Note):
+                notes[piece.kind] = piece
+                if piece.kind == "shown":  # the rest did not fit the model's context window
+                    sources = sources[: piece.count]
+                    renumberer.n_sources = piece.count
+                continue
             if text := renumberer.feed(piece):
                 written.append(text)
                 yield text
@@ -234,7 +272,11 @@ class Rag:
             written.append(text)
             yield text
         generated_at = time.perf_counter()
-        checked = citations.finish(renumberer, "".join(written))
+        echo = notes.get("echo")
+        if echo is None:
+            checked = citations.finish(renumberer, "".join(written))
+        else:  # what repeats the instructions is no answer: out, and the rest checked again
+            checked = citations.check(without("".join(written), echo.detail), len(sources))
         cited = [
             Citation(n, sources[pos - 1].paper.id, sources[pos - 1].paper.title)
             for n, pos in enumerate(checked.cited, start=1)
@@ -255,6 +297,9 @@ class Rag:
             invalid_citations=checked.invalid,
             uncited_sentences=checked.uncited_sentences,
             standalone=standalone,
+            truncated="truncated" in notes,
+            echoed_sentences=echo.count if echo else 0,
+            prompt=_prompt_record(notes.get("shown")),
         )
 
     def analyse(self, question: str, vector: np.ndarray | None = None) -> Analysis:
@@ -333,3 +378,16 @@ class Rag:
                 result = item
         assert result is not None  # stream always ends with the result
         return result
+
+
+def _prompt_record(note: Note | None) -> dict[str, Any] | None:
+    """The JSON record of how an LLM's sources were fitted (None for the offline answerer)."""
+    if note is None or note.detail is None:
+        return None
+    fitted = note.detail
+    return {
+        "tokens": fitted.tokens,
+        "sources": fitted.whole + fitted.cut,
+        "cut": fitted.cut,
+        "dropped": fitted.dropped,
+    }

@@ -104,7 +104,26 @@ class Settings(BaseSettings):
         "server, the first model it lists). 'offline' forces the extractive answerer.",
     )
     llm_timeout: float = Field(
-        60.0, gt=0, le=3600, description="Seconds to wait for the LLM to start or continue a reply."
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds to wait for the LLM's first text (a long prompt on a CPU can take "
+        "a minute: the server reads the whole prompt first).",
+    )
+    llm_answer_timeout: float = Field(
+        300.0, gt=0, le=7200, description="Seconds the LLM may take for a whole answer."
+    )
+    llm_context: int | None = Field(
+        None,
+        ge=512,
+        le=10_000_000,
+        description="The model's context window in tokens; default: what the server reports "
+        "(llama.cpp, vLLM, Ollama), else 4096. The sources sent are fitted into it.",
+    )
+    llm_system_role: bool = Field(
+        True,
+        description="Send the rules as a system message; false puts them at the start of the "
+        "user message, for chat templates that drop the system turn.",
     )
     llm_retries: int = Field(
         2,

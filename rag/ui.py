@@ -110,7 +110,11 @@ class Chat:
             yield list(conv.messages), panel, conv
             return
         assert result is not None  # Rag.stream always ends with the result
-        conv.messages[-1] = {"role": "assistant", "content": answer_html(result.answer, turn)}
+        notes = "".join(notice_html(note) for note in result.notes())
+        conv.messages[-1] = {
+            "role": "assistant",
+            "content": answer_html(result.answer, turn) + notes,
+        }
         conv.turns.append(result.turn())
         conv.sections.append(sources_html(result, turn))
         yield list(conv.messages), sources_panel(conv.sections), conv

@@ -22,9 +22,22 @@ SOURCE = re.compile(r'<source id="(\d+)">\ntitle: (.*)\n')
 
 @dataclass
 class Reply:
-    """A normal answer (streamed in word pieces when the request asks for a stream)."""
+    """A normal answer (streamed in word pieces when the request asks for a stream); ``finish``
+    is its finish_reason ("length": cut at the token limit)."""
 
     text: str | Callable[[dict[str, Any]], str]
+    finish: str = "stop"
+
+
+@dataclass
+class Pings:
+    """Keep the stream open with SSE keep-alive comments for ``seconds`` (as llama.cpp does while
+    it reads a long prompt), then answer ``text``."""
+
+    seconds: float
+    text: str = "Late answer [1]."
+    every: float = 0.1
+    before: str = ""  # text sent before the pings (an answer that stalls half-way)
 
 
 @dataclass
@@ -53,7 +66,7 @@ class Empty:
     """A complete reply whose content is empty."""
 
 
-Behaviour = Reply | Status | Hang | Break | Empty
+Behaviour = Reply | Status | Hang | Break | Empty | Pings
 
 
 @dataclass
@@ -88,6 +101,9 @@ class FakeOpenAI:
         self.script: list[Behaviour] = []
         self.requests: list[Request] = []
         self.default: Behaviour = Reply(cite_sources)
+        self.props: dict[str, Any] | None = None  # GET /props (llama.cpp), when set
+        # Like llama.cpp on a context overflow: streams close empty, others get a 400 saying so.
+        self.overflow: str | None = None
         self._release = threading.Event()
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -156,6 +172,8 @@ class FakeOpenAI:
                 if self.path.endswith("/models"):
                     data = [{"id": m, "object": "model", "owned_by": "test"} for m in fake.models]
                     self._json(200, {"object": "list", "data": data})
+                elif self.path == "/props" and fake.props is not None:
+                    self._json(200, fake.props)
                 else:
                     self._json(404, {"error": {"message": "not found"}})
 
@@ -165,6 +183,14 @@ class FakeOpenAI:
                 self._record(body)
                 if not self.path.endswith("/chat/completions"):
                     self._json(404, {"error": {"message": "not found"}})
+                    return
+                if fake.overflow is not None:
+                    if body.get("stream"):
+                        self._start_stream()
+                        self._chunk(b"")
+                    else:
+                        error = {"message": fake.overflow, "type": "exceed_context_size_error"}
+                        self._json(400, {"error": error})
                     return
                 behaviour = fake._next()
                 if isinstance(behaviour, Status):
@@ -183,22 +209,37 @@ class FakeOpenAI:
                     # Drop the connection mid-response: no final chunk, no [DONE].
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
+                elif isinstance(behaviour, Pings):
+                    self._start_stream()
+                    until = time.monotonic() + behaviour.seconds
+                    try:
+                        for piece in _pieces(behaviour.before):
+                            self._chunk(_sse(body, piece))
+                        while time.monotonic() < until and not fake._release.is_set():
+                            self._chunk(b": ping\n\n")
+                            time.sleep(behaviour.every)
+                        self._finish_stream(body, behaviour.text, "stop")
+                    except OSError:  # the client gave up and closed: as it should
+                        self.close_connection = True
                 else:
                     text = (
                         behaviour.text if isinstance(behaviour.text, str) else behaviour.text(body)
                     )
-                    self._answer(body, text)
+                    self._answer(body, text, behaviour.finish)
 
-            def _answer(self, body: dict[str, Any], text: str) -> None:
+            def _answer(self, body: dict[str, Any], text: str, finish: str = "stop") -> None:
                 if not body.get("stream"):
                     message = {"role": "assistant", "content": text}
-                    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+                    choice = {"index": 0, "message": message, "finish_reason": finish}
                     self._json(200, _completion(body, "chat.completion", choice))
                     return
                 self._start_stream()
+                self._finish_stream(body, text, finish)
+
+            def _finish_stream(self, body: dict[str, Any], text: str, finish: str) -> None:
                 for piece in _pieces(text):
                     self._chunk(_sse(body, piece))
-                self._chunk(_sse(body, None, finish="stop"))
+                self._chunk(_sse(body, None, finish=finish))
                 self._chunk(b"data: [DONE]\n\n")
                 self._chunk(b"")
 

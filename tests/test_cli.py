@@ -14,7 +14,7 @@ from tests.conftest import cli_env, run_cli
 
 ASK_KEYS = {
     "question", "answer", "abstained", "citations", "retrieved", "intent", "model", "timings_ms",
-    "invalid_citations", "uncited_sentences",
+    "invalid_citations", "uncited_sentences", "truncated", "echoed_sentences", "prompt",
 }  # fmt: skip
 MARKER = re.compile(r"\[(\d+(?:\s*[-–,]\s*\d+)*)\]")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from rag.llm import PLACEHOLDER_KEY, api_key
 from rag.pipeline import AskResult, Rag
 from rag.retrieval import Retrieved
 from tests.conftest import cli_env, make_settings, run_cli
-from tests.openai_server import Break, Empty, FakeOpenAI, Hang, Reply, Status
+from tests.openai_server import Break, Empty, FakeOpenAI, Hang, Pings, Reply, Status
 
 HOPPER = "which papers target Hopper GPUs"
 
@@ -35,7 +36,10 @@ def server() -> Iterator[FakeOpenAI]:
 
 
 def llm_rag(built_index: Path, embedder, url: str, **overrides: object) -> Rag:
-    options: dict[str, object] = {"llm_retries": 1, "llm_timeout": 5.0, **overrides}
+    # A window that holds every source, unless a test says otherwise.
+    options: dict[str, object] = {
+        "llm_retries": 1, "llm_timeout": 5.0, "llm_context": 65536, **overrides
+    }  # fmt: skip
     settings = make_settings(built_index, openai_base_url=url, **options)
     return Rag(settings, embedder=embedder)
 
@@ -227,7 +231,12 @@ def test_a_stream_that_breaks_before_any_text_is_retried(
 ) -> None:
     server.enqueue(Break(""))
     result = llm_rag(built_index, embedder, server.url).ask("What is TokenWeave?")
-    assert result.citations and len(server.chat_requests()) == 2
+    # The empty stream is first diagnosed by one non-streamed, one-token probe (the server had
+    # no error to give), then retried.
+    streamed = [r for r in server.chat_requests() if r.body.get("stream")]
+    probes = [r for r in server.chat_requests() if not r.body.get("stream")]
+    assert result.citations and len(streamed) == 2
+    assert len(probes) == 1 and probes[0].body["max_tokens"] == 1
 
 
 def test_empty_completion(built_index: Path, embedder, server: FakeOpenAI) -> None:
@@ -305,7 +314,7 @@ def test_the_system_prompt_states_the_rules(tmp_path: Path) -> None:
     raw = prompts.load(settings.prompts_dir, "system")
     # The declining sentence is written once, in rag.chat, and filled into the prompts.
     assert NOT_FOUND not in raw and "{not_found}" in raw
-    system, user = OpenAIChatModel(settings, "m").messages(Analysis("q?"), [])
+    (system, user), _, _ = OpenAIChatModel(settings, "m").messages(Analysis("q?"), [])
     assert system["role"] == "system" and user["role"] == "user"
     assert NOT_FOUND in system["content"] and NOT_FOUND in user["content"]
     assert "[n]" in user["content"]
@@ -317,7 +326,7 @@ def test_a_missing_prompt_file_is_one_clear_error(
     built_index: Path, embedder, server: FakeOpenAI, tmp_path: Path
 ) -> None:
     rag = llm_rag(built_index, embedder, server.url, prompts_dir=tmp_path)
-    with pytest.raises(Exception, match=r"cannot read the prompt .*answer\.md.*RAG_PROMPTS_DIR"):
+    with pytest.raises(Exception, match=r"cannot read the prompt .*system\.md.*RAG_PROMPTS_DIR"):
         rag.ask("What is TokenWeave?")
 
 
@@ -401,3 +410,205 @@ def test_doctor_checks_the_endpoint(built_index: Path, server: FakeOpenAI) -> No
     checks = json.loads(done.stdout)
     assert done.returncode == 1 and not checks["llm"]["ok"]
     assert "cannot connect" in checks["llm"]["detail"]
+
+
+# --- what a real server adds (issue 12) -------------------------------------------------------
+
+
+def sources_sent(request) -> int:
+    return len(re.findall(r'<source id="\d+">', request.user_message))
+
+
+def prompt_chars(request) -> int:
+    return sum(len(m["content"]) for m in request.body["messages"])
+
+
+def test_the_sources_are_fitted_into_the_context_window_the_server_reports(
+    built_index: Path, embedder, server: FakeOpenAI
+) -> None:
+    server.props = {"default_generation_settings": {"n_ctx": 2048}}  # llama.cpp's default
+    rag = llm_rag(built_index, embedder, server.url, llm_context=None)
+    result = rag.ask(HOPPER)
+    (request,) = server.chat_requests()
+    sent = sources_sent(request)
+    assert 1 <= sent < 30 and len(result.retrieved) == sent
+    assert result.prompt is not None and result.prompt["dropped"] == 30 - sent
+    # Prompt and answer fit in 2,048 tokens even at 3 characters a token (no tokenizer here).
+    assert prompt_chars(request) / 3.0 + request.body["max_tokens"] <= 2048
+    assert result.notes() and "context window held" in result.notes()[0]
+    # A window that holds everything sends everything, whole.
+    server.reset()
+    server.props = {"default_generation_settings": {"n_ctx": 65536}}
+    llm_rag(built_index, embedder, server.url, llm_context=None).ask(HOPPER)
+    (request,) = server.chat_requests()
+    assert sources_sent(request) == 30 and " … " not in request.user_message
+
+
+def test_a_context_overflow_is_named_not_retried(
+    built_index: Path, embedder, server: FakeOpenAI
+) -> None:
+    # RAG_LLM_CONTEXT says more than the server holds: it streams an empty 200, as llama.cpp does.
+    server.overflow = "request (10439 tokens) exceeds the available context size (2048 tokens)"
+    rag = llm_rag(built_index, embedder, server.url, llm_retries=2)
+    with pytest.raises(LLMError, match=r"exceeds the available context size .*RAG_LLM_CONTEXT"):
+        rag.ask(HOPPER)
+    streamed = [r for r in server.chat_requests() if r.body.get("stream")]
+    assert len(streamed) == 1 and len(server.chat_requests()) == 2  # one stream, one probe
+
+
+def test_keep_alive_pings_do_not_stretch_the_wait_for_the_first_text(
+    built_index: Path, embedder, server: FakeOpenAI
+) -> None:
+    server.enqueue(Pings(seconds=20))
+    rag = llm_rag(built_index, embedder, server.url, llm_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(LLMError, match=r"did not start answering within 1 s.*RAG_LLM_TIMEOUT"):
+        rag.ask("What is TokenWeave?")
+    assert time.monotonic() - started < 10
+
+
+def test_an_answer_that_stalls_is_cut_at_the_answer_deadline(
+    built_index: Path, embedder, server: FakeOpenAI
+) -> None:
+    server.enqueue(Pings(seconds=20, before="TokenWeave overlaps communication [1] and"))
+    rag = llm_rag(built_index, embedder, server.url, llm_answer_timeout=1.5)
+    shown: list[str] = []
+    with pytest.raises(LLMError, match=r"did not finish within 1\.5 s .*RAG_LLM_ANSWER_TIMEOUT"):
+        for item in rag.stream("What is TokenWeave?"):
+            shown.append(str(item))
+    assert "TokenWeave overlaps" in "".join(shown)
+
+
+def test_the_prompts_show_no_marker_a_model_could_repeat(tmp_path: Path) -> None:
+    from rag.llm import OpenAIChatModel
+
+    model = OpenAIChatModel(make_settings(tmp_path, openai_base_url="http://127.0.0.1:9/v1"), "m")
+    for text in model.instructions():
+        assert not re.search(r"\[\d+(?:\s*[-,]\s*\d+)*\]", text), text
+
+
+def test_instructions_repeated_as_an_answer_cite_nothing_and_are_named(
+    built_index: Path, embedder, server: FakeOpenAI, tmp_path: Path
+) -> None:
+    rag = llm_rag(built_index, embedder, server.url)
+    system, _ = rag.model(None).instructions()  # type: ignore[attr-defined]
+    rule = next(line for line in system.splitlines() if line.startswith("4."))
+    server.enqueue(Reply(f"{rule}\nTokenWeave overlaps communication with computation [1]."))
+    result = rag.ask("What is TokenWeave?")
+    assert result.echoed_sentences >= 1 and not result.abstained
+    assert "reply with exactly this sentence" not in result.answer
+    assert result.answer == "TokenWeave overlaps communication with computation [1]."
+    # Nothing but the instructions: no answer at all, said so.
+    server.enqueue(Reply(system))
+    with pytest.raises(LLMError, match="repeated its instructions"):
+        rag.ask("What is TokenWeave?")
+
+
+def test_the_not_found_sentence_declines_only_at_the_start(
+    built_index: Path, embedder, server: FakeOpenAI
+) -> None:
+    server.enqueue(Reply(f"Unlike the rule ({NOT_FOUND}), TokenWeave overlaps communication [1]."))
+    result = llm_rag(built_index, embedder, server.url).ask("What is TokenWeave?")
+    assert not result.abstained and len(result.citations) == 1
+
+
+def test_reasoning_stays_out_of_the_answer_and_its_citations(
+    built_index: Path, embedder, server: FakeOpenAI
+) -> None:
+    server.enqueue(Reply("<think>Maybe [3] or [4]?</think>TokenWeave overlaps communication [1]."))
+    pieces, result = collect(llm_rag(built_index, embedder, server.url), "What is TokenWeave?")
+    assert "think" not in "".join(pieces) and "[3]" not in "".join(pieces)
+    assert result.answer == "TokenWeave overlaps communication [1]." and len(result.citations) == 1
+
+
+def test_an_answer_cut_at_the_token_limit_is_reported(
+    built_index: Path, server: FakeOpenAI
+) -> None:
+    env = cli_env(built_index, OPENAI_BASE_URL=server.url, RAG_LLM_CONTEXT="65536")
+    server.enqueue(Reply("TokenWeave overlaps communication [1] and then", finish="length"))
+    done = run_cli("ask", "--json", "What is TokenWeave?", env=env)
+    assert done.returncode == 0 and json.loads(done.stdout)["truncated"] is True
+    server.enqueue(Reply("TokenWeave overlaps communication [1] and then", finish="length"))
+    done = run_cli("ask", "What is TokenWeave?", env=env)
+    assert "note: the answer stopped at the model's token limit" in done.stderr
+
+
+def test_yes_no_and_one_line_calls_ask_for_short_replies(
+    built_index: Path, embedder, server: FakeOpenAI
+) -> None:
+    from rag.followup import Turn
+
+    rag = llm_rag(built_index, embedder, server.url)
+    model = rag.model(None)
+    server.enqueue(Reply("yes"), Reply("What does TokenWeave do?"))
+    assert model.judge_support("TokenWeave overlaps.", "TokenWeave overlaps.")  # type: ignore[attr-defined]
+    model.rewrite("and it?", [Turn("What is TokenWeave?", "An overlap [1].")])
+    judge, rewrite = server.chat_requests()
+    assert judge.body["max_tokens"] <= 4 and judge.body["stop"] == ["\n"]
+    assert rewrite.body["max_tokens"] <= 96 and rewrite.body["stop"] == ["\n"]
+
+
+def test_the_rules_can_open_the_user_turn_for_templates_without_a_system_role(
+    built_index: Path, embedder, server: FakeOpenAI
+) -> None:
+    rag = llm_rag(built_index, embedder, server.url, llm_system_role=False)
+    rag.ask("What is TokenWeave?")
+    (request,) = server.chat_requests()
+    (message,) = request.body["messages"]
+    system, _ = rag.model(None).instructions()  # type: ignore[attr-defined]
+    assert message["role"] == "user" and message["content"].startswith(system)
+
+
+def test_an_eval_survives_a_failed_question(
+    built_index: Path, server: FakeOpenAI, tmp_path: Path
+) -> None:
+    dataset = tmp_path / "three.jsonl"
+    questions = [
+        {"id": "a", "question": "What is TokenWeave?", "gold_titles": []},
+        {"id": "b", "question": "What is GSPMD?", "gold_titles": []},
+        {"id": "c", "question": "What is Moccasin?", "gold_titles": []},
+    ]
+    dataset.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    server.enqueue(Reply(NOT_FOUND), Status(400, message="bad request"), Reply(NOT_FOUND))
+    env = cli_env(built_index, OPENAI_BASE_URL=server.url, RAG_LLM_CONTEXT="65536")
+    out = tmp_path / "run"
+    done = run_cli("eval", str(dataset), "--out", str(out), "--judge", "proxy", env=env)
+    assert done.returncode == 1 and "1 of 3 questions failed" in done.stderr
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b", "c"]
+    assert "error" in rows[1] and "bad request" in rows[1]["error"] and "answer" in rows[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["overall"]["errors"] == 1 and metrics["overall"]["abstention_accuracy"] == 1.0
+    assert "## Questions that failed (1)" in (out / "report.md").read_text()
+
+
+def test_an_eval_asks_several_questions_at_once(
+    built_index: Path, server: FakeOpenAI, tmp_path: Path
+) -> None:
+    dataset = tmp_path / "four.jsonl"
+    names = ("TokenWeave", "GSPMD", "Moccasin", "Cephalo")
+    dataset.write_text(
+        "".join(
+            json.dumps({"id": n, "question": f"What is {n}?", "gold_titles": []}) + "\n"
+            for n in names
+        )
+    )
+    server.default = Pings(seconds=0.5, text=NOT_FOUND)
+    env = cli_env(built_index, OPENAI_BASE_URL=server.url, RAG_LLM_CONTEXT="65536")
+    done = run_cli(
+        "eval", str(dataset), "--out", str(tmp_path / "run"), "--judge", "proxy", "--jobs", "4",
+        env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    starts = sorted(r.at for r in server.chat_requests())
+    assert starts[-1] - starts[0] < 0.5  # all four were waiting at once
+
+
+def test_doctor_reports_the_window_and_what_a_list_question_sends(
+    built_index: Path, server: FakeOpenAI
+) -> None:
+    server.props = {"default_generation_settings": {"n_ctx": 2048}}
+    done = run_cli("doctor", "--json", env=cli_env(built_index, OPENAI_BASE_URL=server.url))
+    detail = json.loads(done.stdout)["llm"]["detail"]
+    assert "context window 2048 tokens (llama.cpp /props)" in detail
+    assert re.search(r"a list question sends \d+ of 30 sources", detail)

@@ -235,7 +235,9 @@ def test_an_llm_that_cannot_be_reached_is_a_notice(built_index: Path, embedder) 
 def test_an_llm_answer_that_breaks_off_keeps_its_text(built_index: Path, embedder) -> None:
     server = FakeOpenAI()
     try:
-        settings = make_settings(built_index, openai_base_url=server.url, llm_retries=0)
+        settings = make_settings(
+            built_index, openai_base_url=server.url, llm_retries=0, llm_context=65536
+        )
         server.enqueue(Break("FlashAttention <b>3</b> targets Hopper [1]. It also"))
         messages, _, conv = drive(Chat(Rag(settings, embedder=embedder)), HOPPER, model=None)[-1]
     finally:
@@ -329,7 +331,9 @@ def test_follow_ups_belong_to_their_session(app_url: str, rag: Rag) -> None:
 
 def test_an_llm_failure_is_shown_and_the_app_keeps_answering(built_index: Path, embedder) -> None:
     server = FakeOpenAI()
-    settings = make_settings(built_index, openai_base_url=server.url, llm_retries=0)
+    settings = make_settings(
+        built_index, openai_base_url=server.url, llm_retries=0, llm_context=65536
+    )
     try:
         with serve_app(Rag(settings, embedder=embedder)) as url:
             app = client(url)

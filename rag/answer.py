@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from rag.chat import NOT_FOUND, OFFLINE
+from rag.citations import defuse_markers
 from rag.followup import Turn, offline_rewrite
 from rag.lexical import Terms, terms
 from rag.policy import Policy
@@ -118,7 +119,7 @@ class ExtractiveAnswerer:
         chosen.sort()
         if len(chosen) == 1 and chosen[0] > 0 and _ANAPHOR.match(sentences[chosen[0]][0]):
             chosen = [chosen[0] - 1, chosen[0]]  # it needs what it points back to
-        return [readable(sentences[i][0]) for i in chosen]
+        return [readable(defuse_markers(sentences[i][0])) for i in chosen]
 
     @staticmethod
     def _topic(question: Analysis, sentence: str) -> set[str]:
@@ -147,13 +148,13 @@ class ExtractiveAnswerer:
             )
             for i in chosen:
                 quote = " ".join(self.quotes(aspect, sources[i - 1], self.policy.list_sentences))
-                yield f"- {sources[i - 1].paper.title}: {quote} [{i}]\n"
+                yield f"- {defuse_markers(sources[i - 1].paper.title)}: {quote} [{i}]\n"
             return
         if question.intent == "list":
             yield "Papers in this collection on this question:\n"
             for i in chosen:
                 quote = " ".join(self.quotes(question, sources[i - 1], self.policy.list_sentences))
-                yield f"- {sources[i - 1].paper.title}: {quote} [{i}]\n"
+                yield f"- {defuse_markers(sources[i - 1].paper.title)}: {quote} [{i}]\n"
             return
         parts = []
         for i in chosen:
@@ -174,9 +175,10 @@ class ExtractiveAnswerer:
             (s for s, _ in evidence(question, paper, self.policy).sentences if value in s), ""
         )
         if said and value not in (paper.url or ""):  # the abstract gives it: quote the sentence
-            yield f"{readable(said)} [{position}]"
+            yield f"{readable(defuse_markers(said))} [{position}]"
         else:
-            yield f"“{paper.title}” {stated(field_name, value)}. [{position}]"
+            told = defuse_markers(f"“{paper.title}” {stated(field_name, value)}.")
+            yield f"{told} [{position}]"
 
 
 def subject(question: Analysis, sources: Sequence[Retrieved]) -> int | None:

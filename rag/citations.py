@@ -14,6 +14,10 @@ from rag.chunking import split_sentences
 from rag.lexical import terms
 
 MARKER = re.compile(r"\s?\[(\d+(?:\s*[-–,]\s*\d+)*)\]")
+# What looks like a marker inside a source ("available at [9]", "sqrt[3]", "Barron [1993]", an
+# abstract that says "[1][2][3]") is the source's text, not a citation: it is quoted and shown to
+# models with look-alike brackets, which read the same and are never parsed as markers.
+_SOURCE_MARKER = re.compile(r"\[(\d+(?:\s*[-–,]\s*\d+)*)\]")
 BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")  # a list line's "- ", "* ", "2. "
 # "Claim. [1]" and "Claim [1]." both cite the claim: move trailing markers before the full stop.
 _TRAILING_MARKERS = re.compile(r"([.!?])((?:\s*\[[\d\s,\-–]+\])+)")
@@ -36,6 +40,15 @@ class CheckedText:
     cited: list[int]  # source positions (1-based, as given) in order of first appearance
     invalid: list[int] = field(default_factory=list)  # markers that named no given source
     uncited_sentences: int = 0
+
+
+_LOOK_ALIKE = ("\uff3b", "\uff3d")  # FULLWIDTH LEFT and RIGHT SQUARE BRACKET
+
+
+def defuse_markers(text: str) -> str:
+    """``text`` with every marker-shaped bracket made inert: "[9]" in fullwidth brackets."""
+    left, right = _LOOK_ALIKE
+    return _SOURCE_MARKER.sub(lambda m: f"{left}{m.group(1)}{right}", text)
 
 
 def expand(group: str) -> list[int]:

@@ -32,6 +32,9 @@ def user_errors() -> Iterator[None]:
         yield
     except RagError as exc:
         fail(str(exc), exc.exit_code)
+    except OSError as exc:  # a full disk, a folder that may not be written: say which, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(f"{exc.strerror or exc}{where}", 1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -47,6 +50,10 @@ def load_settings() -> Settings:
         first = exc.errors()[0]
         name = "RAG_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
         fail(f"{name}: {first['msg']}")
+    except UnicodeDecodeError:
+        fail(".env (in this directory) is not UTF-8 text: fix or remove it")
+    except OSError as exc:
+        fail(f"cannot read .env: {exc.strerror}")
 
 
 def make_rag() -> Any:
@@ -102,19 +109,29 @@ def ingest(paths: tuple[Path, ...], as_json: bool, rebuild: bool) -> None:
     with user_errors():
         rag = make_rag()
         stats = rag.ingest(list(paths) or None, rebuild=rebuild, progress=progress_printer())
+    for warning in stats.warnings[:MAX_WARNINGS]:
+        click.echo(f"warning: {warning}", err=True)
+    if len(stats.warnings) > MAX_WARNINGS:
+        click.echo(f"warning: ... and {len(stats.warnings) - MAX_WARNINGS} more", err=True)
     counts = {
         "papers": stats.papers,
         "chunks": stats.chunks,
         "embedded": stats.embedded,
         "skipped": stats.skipped,
+        "replaced": stats.replaced,
+        "duplicates": stats.duplicates,
+        "truncated": stats.truncated,
         "seconds": stats.seconds,
     }
     if as_json:
         click.echo(json.dumps(counts))
     else:
+        dropped = f", {stats.duplicates} repeated papers dropped" if stats.duplicates else ""
+        cut = f", {stats.truncated} abstracts cut" if stats.truncated else ""
         click.echo(
             f"{stats.papers} papers, {stats.chunks} chunks: {stats.embedded} embedded, "
-            f"{stats.skipped} unchanged, {stats.deleted} replaced ({stats.seconds:.1f} s)"
+            f"{stats.skipped} unchanged, {stats.replaced} papers replaced{dropped}{cut} "
+            f"({stats.seconds:.1f} s)"
         )
 
 
@@ -137,6 +154,8 @@ def print_answer(rag: Any, question: str, k: int | None, model: str | None = Non
     for note in result.notes():
         click.echo(f"note: {note}", err=True)
 
+
+MAX_WARNINGS = 10  # warning lines an ingest prints; the rest are counted
 
 MODEL_HELP = "Chat model: 'offline' (extractive, no LLM) or a model of the configured LLM endpoint."
 
@@ -409,5 +428,17 @@ def doctor(as_json: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="rag")
+    """Console-script entry point: a usage error (a bad option, a missing argument) is one
+    ``error:`` line and exit 2, like every other error."""
+    try:
+        cli.main(prog_name="rag", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        fail(f"{exc.format_message()}{hint}")
+    except click.ClickException as exc:
+        fail(exc.format_message())

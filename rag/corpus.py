@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,9 @@ _SUFFIX_HINT = ".txt, .jsonl, .json, .ndjson"
 # A real title in the bundled pages is at most ~180 characters and an abstract at least ~490, so a
 # longer "title" means the title/abstract alternation has slipped.
 MAX_TITLE_CHARS = 300
+# The longest bundled abstract is 1,917 characters, arXiv's limit 1,920. Ten times that is not an
+# abstract: cut, so one runaway record cannot become hundreds of chunks (a 1 MB one made 947).
+MAX_ABSTRACT_CHARS = 20_000
 SLUG_MAX_CHARS = 48
 
 # Whole-line matches only: anything looser could swallow a real title.
@@ -48,6 +51,7 @@ _WHITESPACE = re.compile(r"\s+")
 _PUNCTUATION = re.compile(r"[^\w\s]|_")
 _ARXIV_ID = re.compile(r"(?:\d{4}\.\d{4,5}|[a-z-]+(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?")
 _AUTHOR_SEPARATORS = re.compile(r"\s*,\s*|\s+and\s+")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON can spell them (\ud800), UTF-8 cannot
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +128,10 @@ def load_jsonl(path: Path) -> list[Paper]:
     return _load_jsonl(Path(path), str(path))
 
 
-def _load_jsonl(path: Path, label: str) -> list[Paper]:
+def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file; any line that is not a
+    JSON object of valid text raises ``CorpusError`` naming the file and line."""
     where = str(path)
-    papers: list[Paper] = []
     for number, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
@@ -135,12 +140,23 @@ def _load_jsonl(path: Path, label: str) -> list[Paper]:
         except json.JSONDecodeError as exc:
             reason = f"invalid JSON: {exc.msg} (column {exc.colno})"
             raise CorpusError(where, number, reason) from None
+        except RecursionError:
+            raise CorpusError(where, number, "JSON nested too deeply") from None
         if not isinstance(record, dict):
             reason = f"expected a JSON object, got {type(record).__name__}"
             raise CorpusError(where, number, reason)
-        papers.append(_paper_from_record(record, label, where, number))
+        if bad := _SURROGATE.search(json.dumps(record, ensure_ascii=False)):
+            reason = f"not valid Unicode text (a lone surrogate, \\u{ord(bad.group()):04x})"
+            raise CorpusError(where, number, reason)
+        yield number, record
+
+
+def _load_jsonl(path: Path, label: str) -> list[Paper]:
+    papers = [
+        _paper_from_record(record, label, str(path), number) for number, record in json_lines(path)
+    ]
     if not papers:
-        raise CorpusError(where, None, "no papers found")
+        raise CorpusError(str(path), None, "no papers found")
     return papers
 
 
@@ -198,10 +214,28 @@ def _paper_from_record(record: dict[str, Any], label: str, where: str, number: i
     return Paper(paper_key, title, abstract, (label,), url, authors, date, categories)
 
 
+@dataclass(frozen=True, slots=True)
+class Corpus:
+    """Papers parsed from the inputs, and what was dropped or cut on the way (one line each)."""
+
+    papers: list[Paper]
+    duplicates: list[str]  # a paper given twice: in one file, or again with another abstract
+    truncated: list[str]  # an abstract over MAX_ABSTRACT_CHARS, cut
+
+
 def load_paths(paths: Sequence[Path | str]) -> list[Paper]:
     """Load files and directories, merging repeats by paper id (first abstract wins, sources join)."""
+    return load_corpus(paths).papers
+
+
+def load_corpus(paths: Sequence[Path | str]) -> Corpus:
+    """``load_paths``, saying what was dropped: a repeat within one file, or one with another
+    abstract, is reported (a listing page's paper seen again on another page is just merged),
+    and an abstract over ``MAX_ABSTRACT_CHARS`` is cut at a sentence end, reported."""
     bundled = bundled_corpus_dir().resolve()
     merged: dict[str, Paper] = {}
+    duplicates: list[str] = []
+    truncated: list[str] = []
     for file in _expand(paths):
         # Bundled files are labelled by name so sources do not leak the install location.
         label = file.name if file.resolve().parent == bundled else str(file)
@@ -212,12 +246,33 @@ def load_paths(paths: Sequence[Path | str]) -> list[Paper]:
         else:
             papers = _load_jsonl(file, label)
         for paper in papers:
+            if len(paper.abstract) > MAX_ABSTRACT_CHARS:
+                paper = replace(paper, abstract=_cut(paper.abstract))
+                truncated.append(
+                    f"{label}: the abstract of {paper.title!r} is over {MAX_ABSTRACT_CHARS:,} "
+                    "characters: cut there"
+                )
             first = merged.get(paper.id)
             if first is None:
                 merged[paper.id] = paper
-            elif label not in first.sources:
+                continue
+            if label in first.sources or first.abstract != paper.abstract:
+                where = (
+                    "earlier in the file" if label in first.sources else f"in {first.sources[0]}"
+                )
+                duplicates.append(
+                    f"{label}: {paper.title!r} is given again ({where}): the first is kept"
+                )
+            if label not in first.sources:
                 merged[paper.id] = replace(first, sources=(*first.sources, label))
-    return list(merged.values())
+    return Corpus(list(merged.values()), duplicates, truncated)
+
+
+def _cut(abstract: str) -> str:
+    """``abstract`` cut to MAX_ABSTRACT_CHARS, at the last sentence end before it if there is one."""
+    head = abstract[:MAX_ABSTRACT_CHARS]
+    end = max(head.rfind(". "), head.rfind("? "), head.rfind("! "))
+    return head[: end + 1] if end > MAX_ABSTRACT_CHARS // 2 else head
 
 
 def bundled_corpus_dir() -> Path:

@@ -61,10 +61,21 @@ def run_checks(settings: Settings) -> list[Check]:
                 f"{stats['chunks']} chunks, model {stats['embed_model']}",
             )
         )
+        checks.append(_lexical_check(stats))
     except RagError as exc:
         checks.append(Check("index", False, str(exc)))
     checks.append(_llm_check(settings, embedder, client))
     return checks
+
+
+def _lexical_check(stats: dict[str, Any]) -> Check:
+    """The keyword (BM25) index: what it covers, and whether it lags behind the collection
+    (fine while an ingest runs; to repair with `rag ingest` after one was interrupted)."""
+    covered = f"covers {stats['lexical_chunks']} of {stats['chunks']} chunks"
+    note = stats["lexical_note"]
+    if note is None:
+        return Check("lexical", True, f"BM25 {covered}, as published by the last ingest")
+    return Check("lexical", stats["lexical_current"] or stats["writing"], f"BM25 {covered}: {note}")
 
 
 def _policy_check(settings: Settings, fingerprint: str) -> Check:

@@ -51,7 +51,9 @@ class EmbedderError(RagError):
 
 
 class StoreError(RagError):
-    """The vector store cannot be opened or written."""
+    """The vector store cannot be opened or written (a server down, a full disk, another writer)."""
+
+    exit_code = 1
 
 
 class LLMError(RagError):

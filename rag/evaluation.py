@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rag.citations import MARKER, claims, expand, sentence_support
-from rag.corpus import normalise_title
+from rag.corpus import json_lines, normalise_title
 from rag.errors import CorpusError, InputError, RagError
 
 QuestionType = Literal["single", "list", "comparison", "unanswerable"]
@@ -54,21 +54,7 @@ class GoldQuestion:
 
 def load_dataset(path: Path) -> list[GoldQuestion]:
     """Read a JSONL gold set; extra keys are ignored, a missing type is inferred from the gold."""
-    questions: list[GoldQuestion] = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").split("\n")
-    except OSError as exc:
-        raise CorpusError(str(path), None, f"cannot read: {exc.strerror or exc}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(str(path), number, f"invalid JSON: {exc.msg}") from None
-        if not isinstance(record, dict):
-            raise CorpusError(str(path), number, "expected a JSON object")
-        questions.append(_question(record, Path(path), number))
+    questions = [_question(record, Path(path), number) for number, record in json_lines(Path(path))]
     if not questions:
         raise CorpusError(str(path), None, "no questions found")
     return questions

@@ -6,10 +6,17 @@ just resumes. Chunks of a re-ingested paper whose ids are no longer produced (it
 are deleted after the new ones are stored.
 
 The collection's metadata records the embedding model (name, dimension, weights hash); opening it
-with another model is refused, so vectors of two models are never mixed. It also holds a
-``generation`` token, changed before any write: the BM25 index records the generation it was built
-from, and is rebuilt from the collection whenever the two differ (a killed ingest, another writer
-on a shared Chroma server, a deleted ``bm25`` folder).
+with another model is refused, so vectors of two models are never mixed.
+
+**One writer, consistent readers.** Writes happen only under the writer lock (``rag.locking``,
+taken by ``Rag.ingest``). The collection's metadata holds two tokens: ``generation``, changed
+before any write, and ``published``, set to it by the writer after its last write, once it has
+built and saved the BM25 index of that state (``publish``). A reader never builds or saves the
+lexical index from a collection being written: it uses the last published one, and says so
+(``lexical_note``) when the collection has moved on since (an ingest running, or one that was
+killed: the next ingest repairs it). A long-running reader (``rag chat``) follows a newer
+publication on its next question (``refresh``): Chroma's local client keeps its vector index in
+memory, so it is reopened, and a read that fails mid-write is retried once on a reopened client.
 """
 
 from __future__ import annotations
@@ -29,8 +36,11 @@ from rag.corpus import Paper
 from rag.embedding import Embedder
 from rag.errors import IndexMissingError, ModelMismatchError, StoreError
 from rag.lexical import Bm25
+from rag.locking import is_locked
 from rag.settings import Settings
 
+# Below this much free space, a store error is reported as the full disk it almost surely is.
+LOW_DISK_BYTES = 64 * 2**20
 GET_BATCH = 2000  # ids per Chroma get/delete: bounded requests for big corpora
 # HNSW's search breadth. Chroma widens it to n_results for a larger query and keeps it widened, so
 # a question's hits would depend on the questions asked before it in the same process. Fixing it
@@ -48,6 +58,10 @@ class IngestStats:
     skipped: int
     deleted: int
     seconds: float
+    replaced: int = 0  # papers already indexed whose text changed (their old chunks deleted)
+    warnings: tuple[str, ...] = ()  # what the input lost on the way: repeats, cut abstracts
+    duplicates: int = 0
+    truncated: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +119,12 @@ class Index:
         self.settings = settings
         self.embedder = embedder
         self._client = client
+        self._own_client = client is None  # ours to reopen when another process has written
         self._collection: Any | None = None
         self._bm25: Bm25 | None = None
+        self._seen: str | None = None  # the publication this reader's caches are of
+        self._opened: int | None = None  # the identity of the folder the caches come from
+        self.lexical_note: str | None = None  # why the lexical index lags, if it does
 
     @property
     def client(self) -> Any:
@@ -170,8 +188,12 @@ class Index:
                     col.modify(configuration={"hnsw": {"ef_search": EF_SEARCH}})
         except (IndexMissingError, ModelMismatchError):
             raise
-        except Exception as exc:
-            raise StoreError(f"cannot open collection {name!r}: {exc}") from exc
+        except StoreError as exc:
+            if self._disk_full():  # say so: "database or disk is full" is not what to do
+                raise self._failure(f"open collection {name!r}", exc) from None
+            raise
+        except Exception as exc:  # noqa: BLE001 - one line, with what to do
+            raise self._failure(f"open collection {name!r}", exc) from None
         self._check_model(col.metadata or {})
         self._collection = col
         return col
@@ -186,18 +208,105 @@ class Index:
         self._collection = None
         self._bm25 = None
 
-    def _new_generation(self) -> None:
+    def _set_metadata(self, **values: str) -> None:
         col = self.collection()
-        col.modify(metadata={**(col.metadata or {}), "generation": uuid.uuid4().hex})
+        fresh = self.client.get_collection(self.settings.collection, embedding_function=None)
+        col.modify(metadata={**(fresh.metadata or {}), **values})
 
-    def generation(self) -> str:
-        """The collection's current generation token (re-read: another writer may have changed it)."""
+    def _new_generation(self) -> None:
+        self._set_metadata(generation=uuid.uuid4().hex)
+
+    def state(self) -> tuple[str, str]:
+        """The collection's (generation, published) tokens, re-read (a writer may have moved
+        them). An index from before publication existed counts its lexical index as published."""
         self.collection()  # raises the helpful errors if there is no (matching) collection
         try:
             col = self.client.get_collection(self.settings.collection, embedding_function=None)
         except Exception as exc:
             raise StoreError(f"cannot read collection {self.settings.collection!r}: {exc}") from exc
-        return str((col.metadata or {}).get("generation", ""))
+        meta = col.metadata or {}
+        generation = str(meta.get("generation", ""))
+        published = meta.get("published")
+        if published is None and Bm25.saved_generation(self.settings.bm25_dir) == generation:
+            published = generation
+        return generation, str(published or "")
+
+    def generation(self) -> str:
+        """The collection's current generation token."""
+        return self.state()[0]
+
+    def publish(self) -> None:
+        """(Writer, after its last write.) Build and save the lexical index of the collection as
+        it now is, then mark that state published, in that order: readers follow ``published``.
+
+        The state gets a token of its own first, and is marked published only if no other writer
+        has moved the generation since: on a Chroma server, writers on other machines hold
+        other locks, and a state one of them is still writing must not be called complete (that
+        writer publishes it when it finishes)."""
+        mine = uuid.uuid4().hex
+        self._set_metadata(generation=mine)
+        ids, docs, papers, records = self._all_chunks()
+        bm25 = Bm25.build(ids, docs, papers, mine, records)
+        bm25.save(self.settings.bm25_dir)
+        generation, _ = self.state()
+        if generation == mine:
+            self._set_metadata(published=mine)
+        self._bm25, self._seen, self.lexical_note = bm25, mine, None
+        self._opened = self._folder()
+
+    def refresh(self) -> None:
+        """(Reader, before each question.) Follow a newer publication, or a folder a rebuild
+        swapped in: reopen the local Chroma client, whose vector index lives in memory, and drop
+        the cached lexical index."""
+        if self._seen is None:
+            return
+        if self._folder() != self._opened:
+            self._reopen()
+            return
+        try:
+            _, published = self.state()
+        except StoreError:
+            self._reopen()
+            return
+        if published != self._seen:
+            self._reopen()
+
+    def _folder(self) -> int | None:
+        """The identity of the local index folder (a rebuild swaps in another), None for a server."""
+        if self.settings.chroma_url:
+            return None
+        try:
+            return self.settings.index_dir.stat().st_ino
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        """Let go of the store (a local client flushes what it holds), so the folder can move."""
+        self._reopen()
+
+    def _reopen(self) -> None:
+        if self._own_client and not self.settings.chroma_url:
+            from chromadb.api.shared_system_client import SharedSystemClient
+
+            SharedSystemClient.clear_system_cache()  # Chroma keeps one client per folder
+            self._client = None
+        self._collection, self._bm25, self._seen = None, None, None
+
+    def _read(self, what: str, read: Callable[[Any], Any]) -> Any:
+        """``read(collection)``, retried once on a reopened client: a local client's vector index
+        can be out of step with a folder another process has just written."""
+        try:
+            return read(self.collection())
+        except (IndexMissingError, ModelMismatchError, StoreError):
+            raise
+        except Exception:  # noqa: BLE001 - Chroma raises bare InternalErrors here
+            self._reopen()
+        try:
+            return read(self.collection())
+        except (IndexMissingError, ModelMismatchError, StoreError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - explained in one line, with what to do
+            raise self._failure(what, exc) from None
 
     # -- ingest ---------------------------------------------------------------------------------
 
@@ -228,8 +337,35 @@ class Index:
         todo = sorted((c for c in chunks if c.id not in present), key=lambda c: -len(c.text))
         wanted = {c.id for c in chunks}
         stale = sorted(self._ids_of_papers(list(by_paper)) - wanted)
+        try:
+            self._write(col, todo, stale, by_paper, progress)
+            generation, published = self.state()
+            if todo or stale or published != generation or not self.settings.bm25_dir.exists():
+                self.publish()
+        except (IndexMissingError, ModelMismatchError, StoreError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a full disk, a store error: one line, what to do
+            raise self._failure("store the papers", exc, resumable=True) from None
+        return IngestStats(
+            papers=len(papers),
+            chunks=len(chunks),
+            embedded=len(todo),
+            skipped=len(chunks) - len(todo),
+            deleted=len(stale),
+            replaced=len({chunk.split("#", 1)[0] for chunk in stale}),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def _write(
+        self,
+        col: Any,
+        todo: Sequence[Chunk],
+        stale: Sequence[str],
+        by_paper: dict[str, Paper],
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
         if todo or stale:
-            self._new_generation()  # before writing: a crash from here on leaves BM25 marked stale
+            self._new_generation()  # before writing: from here on, readers keep the published one
         done = 0
         # Store each embedded batch at once: a kill -9 loses at most one batch of work.
         for group in _batches(todo, self.settings.embed_batch_size):
@@ -247,16 +383,29 @@ class Index:
                 progress(done, len(todo))
         for batch in _batches(stale, GET_BATCH):
             col.delete(ids=list(batch))
-        if todo or stale or Bm25.saved_generation(self.settings.bm25_dir) != self.generation():
-            self.bm25()  # rebuild now, not on the first question
-        return IngestStats(
-            papers=len(papers),
-            chunks=len(chunks),
-            embedded=len(todo),
-            skipped=len(chunks) - len(todo),
-            deleted=len(stale),
-            seconds=round(time.perf_counter() - started, 3),
-        )
+
+    def _disk_full(self) -> bool:
+        if self.settings.chroma_url:
+            return False
+        free = _free_bytes(self.settings.index_dir)
+        return free is not None and free < LOW_DISK_BYTES
+
+    def _failure(self, what: str, exc: Exception, resumable: bool = False) -> StoreError:
+        """``exc`` from the store as one line: where, why, and what to do (a full disk named)."""
+        where = self.settings.chroma_url or self.settings.index_dir
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else exc!r}"
+        if isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror
+        resume = "run `rag ingest` again: it resumes, and what is already stored is kept"
+        if self._disk_full():
+            free = _free_bytes(self.settings.index_dir) or 0
+            then = resume if resumable else "ask again"
+            return StoreError(
+                f"cannot {what} in the index at {where}: its disk is full ({free // 2**20} MB "
+                f"free; {reason}); free some space, then {then}"
+            )
+        then = resume if resumable else "if an ingest is running, ask again when it has finished"
+        return StoreError(f"cannot {what} in the index at {where} ({reason}); {then}")
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -287,25 +436,60 @@ class Index:
         return ids, docs, papers, records
 
     def bm25(self) -> Bm25:
-        """The BM25 index of the current generation: in memory, on disk, or rebuilt if stale."""
-        generation = self.generation()
-        if self._bm25 is not None and self._bm25.generation == generation:
+        """The published lexical index (a reader never builds one from a collection in the middle
+        of being written); ``lexical_note`` says when it lags behind the collection."""
+        if self._bm25 is not None:
             return self._bm25
+        generation, published = self.state()
         bm25 = Bm25.load(self.settings.bm25_dir)
-        if bm25 is None or bm25.generation != generation:
+        self.lexical_note = None
+        if bm25 is None:
+            # None saved (a deleted folder; a first ingest killed before it published): what the
+            # collection holds, in memory only, unless a writer is at work on it.
+            writing = is_locked(self.settings.index_dir) or generation != published
+            if writing:
+                bm25 = Bm25.build([], [], [], "", [])
+                self.lexical_note = (
+                    "no lexical index is published yet: keyword search is off until the ingest "
+                    "in progress, or a new `rag ingest`, publishes one"
+                )
+            else:
+                ids, docs, papers, records = self._all_chunks()
+                bm25 = Bm25.build(ids, docs, papers, generation, records)
+                self.lexical_note = (
+                    "the lexical index was missing: rebuilt in memory; run `rag ingest` to save it"
+                )
+        elif bm25.generation != generation and generation == published:
+            # A complete state this folder's saved index is older than: another machine's
+            # writer published it on the shared server. Safe to build from, for this process.
             ids, docs, papers, records = self._all_chunks()
             bm25 = Bm25.build(ids, docs, papers, generation, records)
-            bm25.save(self.settings.bm25_dir)
-        self._bm25 = bm25
+            self.lexical_note = (
+                "the lexical index here is older than the collection another client published: "
+                "rebuilt in memory; run `rag ingest` here to save it"
+            )
+        elif bm25.generation != generation:
+            running = is_locked(self.settings.index_dir)
+            self.lexical_note = "the lexical index is of the collection as last published: " + (
+                "an ingest is writing it now"
+                if running
+                else "an ingest was interrupted since; run `rag ingest` to bring it up to date"
+            )
+        self._bm25, self._seen, self._opened = bm25, published, self._folder()
         return bm25
 
     def search_dense(self, vector: np.ndarray, n: int) -> list[ChunkHit]:
         """The ``n`` chunks nearest to ``vector`` (score = cosine similarity)."""
-        col = self.collection()
-        n = min(n, col.count(), EF_SEARCH)
-        if n == 0:
-            return []
-        res = col.query(query_embeddings=[vector], n_results=n, include=["metadatas", "distances"])
+
+        def query(col: Any) -> Any:
+            count = min(n, col.count(), EF_SEARCH)
+            if count == 0:
+                return {"ids": [[]], "metadatas": [[]], "distances": [[]]}
+            return col.query(
+                query_embeddings=[vector], n_results=count, include=["metadatas", "distances"]
+            )
+
+        res = self._read("search", query)
         return [
             ChunkHit(cid, meta["paper_id"], 1.0 - float(dist))
             for cid, meta, dist in zip(
@@ -323,8 +507,11 @@ class Index:
         """
         if not paper_ids:
             return {}, {}
-        got = self.collection().get(
-            where={"paper_id": {"$in": list(paper_ids)}}, include=["metadatas", "embeddings"]
+        got = self._read(
+            "read the papers' vectors",
+            lambda col: col.get(
+                where={"paper_id": {"$in": list(paper_ids)}}, include=["metadatas", "embeddings"]
+            ),
         )
         records: dict[str, PaperRecord] = {}
         similarity: dict[str, float] = {}
@@ -357,10 +544,15 @@ class Index:
         """Counts and the model record, for ``rag doctor`` and the UI."""
         col = self.collection()
         meta = col.metadata or {}
+        lexical = self.bm25()
         return {
             "collection": self.settings.collection,
             "chunks": int(col.count()),
-            "papers": len(set(self.bm25().paper_ids)),
+            "papers": len(set(lexical.paper_ids)),
+            "lexical_chunks": len(lexical.chunk_ids),
+            "lexical_note": self.lexical_note,
+            "lexical_current": lexical.generation == self.generation(),
+            "writing": is_locked(self.settings.index_dir),
             "embed_model": meta.get("embed_model"),
             "embed_dim": meta.get("embed_dim"),
             "embed_fingerprint": meta.get("embed_fingerprint"),
@@ -384,3 +576,13 @@ def _metadata(chunk: Chunk, paper: Paper) -> dict[str, Any]:
     if paper.categories:
         meta["categories"] = " ".join(paper.categories)
     return meta
+
+
+def _free_bytes(path: Any) -> int | None:
+    """Free space on the disk holding ``path`` (or its nearest existing parent)."""
+    for folder in (path, *path.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return None

@@ -21,8 +21,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from rag.locking import exchange
 from rag.names import Catalog
 
+LOAD_ATTEMPTS = 3  # reads of a lexical index that a writer swapped mid-read
 _WORD = re.compile(r"(?u)\b\w\w+\b")
 
 
@@ -189,12 +191,10 @@ class Bm25:
                 "names": self.names.to_json(),
             }
             (tmp / "meta.json").write_text(json.dumps(meta))
-            old = directory.with_name(directory.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
             if directory.exists():
-                os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
+                exchange(tmp, directory)  # readers find the old index or the new, never none
+            else:
+                os.replace(tmp, directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -208,7 +208,16 @@ class Bm25:
 
     @classmethod
     def load(cls, directory: Path) -> Bm25 | None:
-        """The saved index, or None when there is none or it cannot be read (it is then rebuilt)."""
+        """The saved index, or None when there is none or it cannot be read. Its files are read
+        one by one, so a save that swaps the folder in between is noticed and the load redone."""
+        for _ in range(LOAD_ATTEMPTS):
+            loaded = cls._load(directory)
+            if loaded is None or cls.saved_generation(directory) == loaded.generation:
+                return loaded
+        return None
+
+    @classmethod
+    def _load(cls, directory: Path) -> Bm25 | None:
         try:
             meta = json.loads((directory / "meta.json").read_text())
             retriever: Any = None

@@ -7,9 +7,11 @@ pass a scripted chat model, the UI shares one ``Rag`` between users).
 
 from __future__ import annotations
 
+import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,19 +22,24 @@ from rag import citations
 from rag.answer import ExtractiveAnswerer, decline_metadata, subject
 from rag.chat import OFFLINE, ChatModel, Note, declines
 from rag.citations import Citation
-from rag.corpus import Paper, load_bundled, load_paths
+from rag.corpus import Corpus, Paper, bundled_corpus_dir, load_corpus
 from rag.embedding import Embedder, load_embedder
 from rag.errors import IndexMissingError, InputError
 from rag.followup import Turn
 from rag.index import Index, IngestStats
 from rag.lexical import Glossary
 from rag.llm_text import without
+from rag.locking import writer_lock
 from rag.policy import Policy
 from rag.question import FIELDS, Analysis, analyse, held, nearest_field, shown
 from rag.resources import data_path
 from rag.retrieval import Mode, Retrieved, Retriever
 from rag.selection import score
 from rag.settings import Settings
+
+# Lone surrogates: what Python makes of bytes that are not UTF-8 in a command line.
+MAX_MODELS = 8  # chat models kept, least recently used dropped first
+_UNDECODABLE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -53,6 +60,7 @@ class AskResult:
     truncated: bool = False  # the model stopped at its token limit: the answer is cut short
     echoed_sentences: int = 0  # sentences repeating the model's instructions, taken out
     prompt: dict[str, Any] | None = None  # how the sources were fitted to an LLM's context
+    lexical: str | None = None  # why keyword search lags behind the collection, if it does
 
     def notes(self) -> list[str]:
         """What a reader should know about how the answer was made, one sentence each."""
@@ -74,6 +82,8 @@ class AskResult:
                 f"the model repeated {self.echoed_sentences} sentence(s) of its instructions; "
                 "they were taken out of the answer"
             )
+        if self.lexical:
+            out.append(self.lexical)
         return out
 
     def turn(self) -> Turn:
@@ -106,6 +116,7 @@ class AskResult:
             "truncated": self.truncated,
             "echoed_sentences": self.echoed_sentences,
             "prompt": self.prompt,
+            "lexical": self.lexical,
         }
 
 
@@ -125,7 +136,7 @@ class Rag:
             self.policy = policy  # fills the cached property: ``rag fit`` passes an unfitted one
         self._embedder = embedder
         self._chat_model = chat_model
-        self._models: dict[str, ChatModel] = {}
+        self._models: OrderedDict[str, ChatModel] = OrderedDict()
         self._client = client
 
     @cached_property
@@ -160,6 +171,9 @@ class Rag:
                 self._models[name] = OpenAIChatModel(
                     self.settings, name or None, policy=self.policy
                 )
+            while len(self._models) > MAX_MODELS:  # bounded: each holds an HTTP client
+                self._models.popitem(last=False)
+        self._models.move_to_end(name)
         return self._models[name]
 
     def model_choices(self) -> list[str]:
@@ -180,6 +194,8 @@ class Rag:
             return Glossary.load(path)
         except OSError as exc:
             raise InputError(f"cannot read the glossary {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise InputError(f"the glossary {path} is not UTF-8 text (RAG_GLOSSARY)") from None
 
     @cached_property
     def index(self) -> Index:
@@ -188,7 +204,11 @@ class Rag:
 
     def load(self, paths: Sequence[Path | str] | None = None) -> list[Paper]:
         """Parse ``paths`` (default: the bundled corpus); fails before anything is written."""
-        return load_paths(paths) if paths else load_bundled()
+        return self.load_corpus(paths).papers
+
+    def load_corpus(self, paths: Sequence[Path | str] | None = None) -> Corpus:
+        """``load``, with what was dropped or cut on the way."""
+        return load_corpus(paths or [bundled_corpus_dir()])
 
     def ingest(
         self,
@@ -197,10 +217,20 @@ class Rag:
         progress: Callable[[int, int], None] | None = None,
     ) -> IngestStats:
         """Index the papers in ``paths`` (or the bundled corpus) idempotently."""
-        papers = self.load(paths)  # parse everything first: a bad file must not touch the index
-        if rebuild:
-            self.index.drop()
-        return self.index.ingest(papers, progress=progress)
+        corpus = self.load_corpus(paths)  # parse all first: a bad file must not touch the index
+        with writer_lock(self.settings.index_dir):  # one writer; a second is told who writes
+            if rebuild:
+                from rag.rebuild import rebuild as rebuild_index
+
+                stats = rebuild_index(self, corpus.papers, progress)
+            else:
+                stats = self.index.ingest(corpus.papers, progress=progress)
+        return replace(
+            stats,
+            warnings=(*corpus.duplicates, *corpus.truncated),
+            duplicates=len(corpus.duplicates),
+            truncated=len(corpus.truncated),
+        )
 
     def has_index(self) -> bool:
         """Whether a collection exists (it may be empty)."""
@@ -216,6 +246,8 @@ class Rag:
             raise InputError(
                 "the question is empty: ask something, e.g. 'which papers target Hopper GPUs?'"
             )
+        if _UNDECODABLE.search(question):
+            raise InputError("the question is not valid text (it holds bytes that are not UTF-8)")
         question = " ".join(question.split())
         limit = self.settings.max_question_chars
         if len(question) > limit:
@@ -224,8 +256,8 @@ class Rag:
                 "(RAG_MAX_QUESTION_CHARS)"
             )
         k = self.settings.top_k if k is None else k
-        if not 1 <= k <= 100:
-            raise InputError(f"k must be between 1 and 100, not {k}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 100:
+            raise InputError(f"k must be a whole number between 1 and 100, not {k!r}")
         return question, k
 
     def stream(
@@ -243,6 +275,7 @@ class Rag:
         """
         started = time.perf_counter()
         question, k = self.validate(question, k)
+        self.index.refresh()  # another process may have published, or swapped in, a newer index
         chat_model = self.model(model)
         standalone = question
         if history:
@@ -300,6 +333,7 @@ class Rag:
             truncated="truncated" in notes,
             echoed_sentences=echo.count if echo else 0,
             prompt=_prompt_record(notes.get("shown")),
+            lexical=self.index.lexical_note,
         )
 
     def analyse(self, question: str, vector: np.ndarray | None = None) -> Analysis:

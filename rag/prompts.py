@@ -44,9 +44,16 @@ def defuse(text: str) -> str:
 
 
 def render_sources(sources: Sequence[Retrieved]) -> str:
-    """Numbered source blocks, in the order given (the model cites these numbers)."""
+    """Numbered source blocks, in the order given (the model cites these numbers). Marker-shaped
+    text of a source is made inert first, so a model that copies it forges no citation."""
     return "\n".join(
-        f'<source id="{n}">\ntitle: {defuse(s.paper.title)}\nabstract: {defuse(s.paper.abstract)}\n'
+        f'<source id="{n}">\ntitle: {_data(s.paper.title)}\nabstract: {_data(s.paper.abstract)}\n'
         "</source>"
         for n, s in enumerate(sources, start=1)
     )
+
+
+def _data(text: str) -> str:
+    from rag.citations import defuse_markers
+
+    return defuse(defuse_markers(text))

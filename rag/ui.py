@@ -14,8 +14,9 @@ turn into an image, a link or a script.
 
 from __future__ import annotations
 
+import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,8 @@ PENDING = '<p class="rag-pending">Searching the papers…</p>'
 SANS = ("ui-sans-serif", "system-ui", "Segoe UI", "Helvetica Neue", "Arial", "sans-serif")
 MONO = ("ui-monospace", "Menlo", "Consolas", "DejaVu Sans Mono", "monospace")
 MAX_K = 20  # the slider's end; the API takes up to Rag.validate's limit
+log = logging.getLogger(__name__)
+MAX_UPLOAD = "1kb"  # Gradio always serves an upload route; the app has no use for it
 Message = dict[str, str]
 
 
@@ -63,13 +66,29 @@ class Conversation:
 class Chat:
     """The event handlers of the app, over one shared ``Rag``."""
 
-    def __init__(self, rag: Rag, default_model: str | None = None) -> None:
+    def __init__(
+        self, rag: Rag, default_model: str | None = None, offered: Sequence[str] | None = None
+    ) -> None:
         self.rag = rag
         # The model choice that stands for the default chat model (the one the Rag was given or
         # configured with): asked for by name, Rag.model() would make a new one of that name.
         self.default_model = default_model
+        # Only the models the page offers may be asked for: any other name would be sent to the
+        # endpoint (with OpenAI, on the owner's key) and cached, one client per name, forever.
+        self._offered = tuple(offered) if offered is not None else None
+
+    @property
+    def offered(self) -> tuple[str, ...]:
+        """The model names this app answers with (what its model choice shows)."""
+        if self._offered is None:
+            self._offered = tuple(model_choices(self.rag)[0])
+        return self._offered
 
     def _model(self, choice: str | None) -> str | None:
+        if choice is not None and choice not in self.offered:
+            raise InputError(
+                f"no model {choice!r} here: choose one of {', '.join(map(repr, self.offered))}"
+            )
         return None if choice == self.default_model else choice
 
     def respond(
@@ -93,7 +112,9 @@ class Chat:
         shown = ""
         result: AskResult | None = None
         try:
-            stream = self.rag.stream(question, int(k), history=conv.turns, model=self._model(model))
+            stream = self.rag.stream(
+                question, whole(k), history=conv.turns, model=self._model(model)
+            )
             for item in stream:
                 if isinstance(item, AskResult):
                     result = item
@@ -103,10 +124,11 @@ class Chat:
                     if html != conv.messages[-1]["content"]:  # e.g. not for a bare line break
                         conv.messages[-1] = {"role": "assistant", "content": html}
                         yield list(conv.messages), panel, conv
-        except RagError as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure is a message in the chat
             # What was streamed stays (an LLM can break off mid-answer), followed by why it ended.
             partial = answer_html(shown, turn) if shown else ""
-            conv.messages[-1] = {"role": "assistant", "content": partial + notice_html(str(exc))}
+            said = notice_html(explain(exc))
+            conv.messages[-1] = {"role": "assistant", "content": partial + said}
             yield list(conv.messages), panel, conv
             return
         assert result is not None  # Rag.stream always ends with the result
@@ -135,9 +157,9 @@ class Chat:
             uncited_sentences: as `rag ask --json` prints them
         """
         try:
-            return self.rag.ask(question, k, model=self._model(model)).to_dict()
-        except RagError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            return self.rag.ask(question, whole(k), model=self._model(model)).to_dict()
+        except Exception as exc:  # noqa: BLE001 - a message for every failure, never a bare "Error"
+            raise gr.Error(explain(exc), print_exception=False) from None
 
     def index_line(self) -> str:
         """The index's size and embedding model, or why they cannot be read."""
@@ -145,6 +167,23 @@ class Chat:
             return index_html(self.rag.index.stats())
         except RagError as exc:
             return notice_html(str(exc))
+
+
+def whole(k: Any) -> Any:
+    """The slider's ``8.0`` as 8; anything else as given, for ``Rag.validate`` to judge."""
+    return int(k) if isinstance(k, float) and k.is_integer() else k
+
+
+def explain(exc: Exception) -> str:
+    """The one line a user is shown for ``exc``: a ``RagError`` says what to do; anything else is
+    a bug, logged in full on the server's console and summarised without its internals."""
+    if isinstance(exc, RagError):
+        return str(exc)
+    log.error("answering failed", exc_info=exc)
+    return (
+        f"something went wrong answering this ({type(exc).__name__}); the details are on the "
+        "server's console. Ask again, or start a new chat."
+    )
 
 
 def model_choices(rag: Rag) -> tuple[list[str], str]:
@@ -161,7 +200,7 @@ def build_app(rag: Rag, settings: Settings) -> gr.Blocks:
     # for them, nor race each other to load them.
     rag.ask(EXAMPLES[0], model=OFFLINE)
     choices, unavailable = model_choices(rag)
-    chat = Chat(rag, default_model=None if unavailable else choices[0])
+    chat = Chat(rag, default_model=None if unavailable else choices[0], offered=choices)
     # One limit for everything that generates an answer: the chat and /ask share a concurrency
     # group. Offline answers are CPU-bound and short: on 2 cores the throughput is the same with 1
     # to 16 at once (bench/load_ui.py). LLM answers mostly wait on the network for seconds, so
@@ -299,6 +338,7 @@ def launch(
         ssr_mode=False,
         mcp_server=False,
         run_history=False,
+        max_file_size=MAX_UPLOAD,  # the app takes no files: Gradio's upload route is not a file host
         footer_links=["api", "settings"],
         # System fonts: nothing to fetch, and the same look offline.
         theme=gr.themes.Default(font=SANS, font_mono=MONO),

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import chromadb
 import pytest
 
+from bench import faults
 from rag.corpus import Paper
 from tests.conftest import cli_env, run_cli
 
@@ -146,3 +147,36 @@ def test_ingest_and_ask_through_the_server(
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert f"Chroma server {chroma_server.url}" in doctor.stdout
     assert "20 papers" in doctor.stdout
+
+
+def test_writers_on_one_server_from_two_machines_lose_nothing(
+    chroma_server: Server, tmp_path: Path
+) -> None:
+    """What a shared server guarantees: one writer per index folder (the lock is local, so two
+    ingests from one place are refused as on a local index); writers on two machines (two index
+    folders) both land, the server serialising their writes; once both have finished, every
+    client finds every paper, vectors and keywords (a client whose saved keyword index is older
+    than the published collection rebuilds it in memory)."""
+    first, second = faults.synthetic(120), faults.synthetic(120, start=120)
+    a = faults.write_jsonl(tmp_path / "a.jsonl", first)
+    b = faults.write_jsonl(tmp_path / "b.jsonl", second)
+    server = {"RAG_CHROMA_URL": chroma_server.url, "RAG_COLLECTION": "shared"}
+    here = {**faults.environment(tmp_path / "here"), **server}
+    there = {**faults.environment(tmp_path / "there"), **server}
+    with faults.ingesting(str(a), env=here, pause=True) as running:
+        refused = run_cli("ingest", str(b), env=here)
+        assert refused.returncode == 1 and "is being written by `rag ingest" in refused.stderr
+        other = run_cli("ingest", "--json", str(b), env=there)
+        assert other.returncode == 0, other.stderr
+        assert faults.finish(running) == 0
+    for client_dir in ("here", "there"):
+        outcome = faults.Outcome()
+        faults.audit(
+            tmp_path / client_dir,
+            first + second,
+            outcome,
+            chroma_url=chroma_server.url,
+            collection="shared",
+        )
+        assert (outcome.unreadable, outcome.missing_lexical, outcome.not_first) == (0, 0, 0)
+        assert outcome.failures == []

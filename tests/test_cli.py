@@ -14,7 +14,7 @@ from tests.conftest import cli_env, run_cli
 
 ASK_KEYS = {
     "question", "answer", "abstained", "citations", "retrieved", "intent", "model", "timings_ms",
-    "invalid_citations", "uncited_sentences", "truncated", "echoed_sentences", "prompt",
+    "invalid_citations", "uncited_sentences", "truncated", "echoed_sentences", "prompt", "lexical",
 }  # fmt: skip
 MARKER = re.compile(r"\[(\d+(?:\s*[-–,]\s*\d+)*)\]")
 
@@ -139,7 +139,9 @@ def test_ingest_json_then_again(tmp_path: Path, corpus: list[Paper]) -> None:
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("\n") == 1
     counts = json.loads(first.stdout)
-    assert set(counts) == {"papers", "chunks", "embedded", "skipped", "seconds"}
+    assert set(counts) == {
+        "papers", "chunks", "embedded", "skipped", "replaced", "duplicates", "truncated", "seconds",
+    }  # fmt: skip
     assert all(isinstance(counts[k], int) for k in ("papers", "chunks", "embedded", "skipped"))
     assert isinstance(counts["seconds"], float)
     assert counts["papers"] == 20
@@ -187,7 +189,7 @@ def test_unusable_question(built_index: Path, question: str, contains: str) -> N
 
 def test_k_zero(built_index: Path) -> None:
     done = run_cli("ask", "-k", "0", "what is FlashAttention?", env=cli_env(built_index))
-    assert_one_line_error(done, contains="k must be between 1 and 100")
+    assert_one_line_error(done, contains="k must be a whole number between 1 and 100")
 
 
 def test_non_integer_top_k(built_index: Path) -> None:

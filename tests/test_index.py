@@ -459,7 +459,7 @@ def test_out_of_domain_question_abstains(rag: Rag) -> None:
 # --- BM25 staleness --------------------------------------------------------------------------
 
 
-def test_deleted_bm25_folder_is_rebuilt(
+def test_a_deleted_bm25_folder_is_rebuilt_in_memory_by_a_reader_and_saved_by_the_next_ingest(
     tmp_path: Path, corpus: list[Paper], embedder: Embedder
 ) -> None:
     papers = corpus[450:480]
@@ -481,6 +481,10 @@ def test_deleted_bm25_folder_is_rebuilt(
 
     again = Rag(make_settings(index_dir), embedder=embedder)  # as the next process would
     assert {mode: results(again, mode) for mode in ("bm25", "hybrid")} == before
+    # A reader never writes: rebuilt for itself, said so, and saved by the next ingest.
+    assert not bm25_meta(index_dir).exists()
+    assert again.index.lexical_note and "rag ingest" in again.index.lexical_note
+    again.index.ingest([])  # nothing new: the writer only publishes
     assert bm25_meta(index_dir).exists()
     assert any((index_dir / "bm25" / "papers" / "bm25s").iterdir())
     assert json.loads(bm25_meta(index_dir).read_text())["generation"] == again.index.generation()
@@ -499,5 +503,6 @@ def test_bm25_follows_another_writer(
 
     Rag(make_settings(index_dir), embedder=embedder).index.ingest([newcomer])
 
+    reader.index.refresh()  # what Rag.stream does before every question
     found = Retriever(reader.index, "bm25").retrieve(newcomer.title, 5)
     assert found[0].paper.id == newcomer.id

@@ -314,8 +314,44 @@ def test_ask_takes_k_and_model_and_reports_bad_input(app_url: str) -> None:
     assert len(out["retrieved"]) == 3 and out["model"] == OFFLINE
     with pytest.raises(AppError, match="the question is empty"):
         app.predict("  ", api_name="/ask")
-    with pytest.raises(AppError, match="k must be between 1 and 100"):
+    with pytest.raises(AppError, match="k must be a whole number between 1 and 100"):
         app.predict(HOPPER, 0, api_name="/ask")
+
+
+def test_ask_takes_only_the_models_the_page_offers(built_index: Path, embedder) -> None:
+    server = FakeOpenAI(models=("fake-model",))
+    try:
+        settings = make_settings(built_index, openai_base_url=server.url, llm_context=65536)
+        llm = Rag(settings, embedder=embedder)
+        with serve_app(llm) as url:
+            app = client(url)
+            assert app.predict(HOPPER, 3, "fake-model", api_name="/ask")["model"] == "fake-model"
+            server.reset()
+            for name in ("gpt-4o", "o1-pro", "x" * 40):
+                with pytest.raises(AppError, match=f"no model '{name}' here: choose one of"):
+                    app.predict(HOPPER, 3, name, api_name="/ask")
+            with pytest.raises(AppError, match="k must be a whole number between 1 and 100"):
+                app.predict(HOPPER, 1.5, OFFLINE, api_name="/ask")
+            with pytest.raises(AppError, match=r"'gpt-4o'.* is not in the list of choices"):
+                app.predict(HOPPER, 3, "gpt-4o", api_name="/chat")  # the page's own choices
+            messages, _ = app.predict(HOPPER, 1.5, OFFLINE, api_name="/chat")
+            assert "k must be a whole number" in content(messages[-1])  # said in the chat
+            assert server.chat_requests() == []  # no refused name reached the endpoint
+    finally:
+        server.close()
+
+
+def test_the_app_takes_no_uploads(app_url: str) -> None:
+    big = httpx.post(
+        f"{app_url.rstrip('/')}/gradio_api/upload",
+        files={"files": ("big.bin", b"x" * 300_000)},
+        timeout=30,
+    )
+    assert big.status_code == 413
+    assert httpx.get(f"{app_url.rstrip('/')}/gradio_api/file=big.bin", timeout=30).status_code in (
+        403,
+        404,
+    )
 
 
 def test_follow_ups_belong_to_their_session(app_url: str, rag: Rag) -> None:

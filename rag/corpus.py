@@ -256,7 +256,7 @@ def load_corpus(paths: Sequence[Path | str]) -> Corpus:
             if first is None:
                 merged[paper.id] = paper
                 continue
-            if label in first.sources or first.abstract != paper.abstract:
+            if label in first.sources or _gist(first.abstract) != _gist(paper.abstract):
                 where = (
                     "earlier in the file" if label in first.sources else f"in {first.sources[0]}"
                 )
@@ -268,6 +268,12 @@ def load_corpus(paths: Sequence[Path | str]) -> Corpus:
     return Corpus(list(merged.values()), duplicates, truncated)
 
 
+def _gist(text: str) -> str:
+    """Text without case, spacing or punctuation: two pages that print one abstract with
+    "algorithm -- using" and "algorithm--using" give the same paper, not a conflicting one."""
+    return _PUNCTUATION.sub("", _WHITESPACE.sub("", text.casefold()))
+
+
 def _cut(abstract: str) -> str:
     """``abstract`` cut to MAX_ABSTRACT_CHARS, at the last sentence end before it if there is one."""
     head = abstract[:MAX_ABSTRACT_CHARS]
@@ -277,7 +283,9 @@ def _cut(abstract: str) -> str:
 
 def bundled_corpus_dir() -> Path:
     """Return the directory holding the corpus shipped with the package."""
-    return Path(__file__).parent / "data" / "corpus"
+    from rag.resources import data_path
+
+    return data_path("corpus")
 
 
 def load_bundled() -> list[Paper]:

@@ -29,6 +29,12 @@ def run_checks(settings: Settings) -> list[Check]:
         detail = (
             f"{embedder.name} ({embedder.dim} dims, weights sha256 {embedder.fingerprint[:12]})"
         )
+        runtime = getattr(embedder, "runtime", None)
+        if runtime is not None:
+            detail += (
+                f"; documents: torch {runtime.dtype} on {runtime.device} ({runtime.reason}); "
+                "questions: numpy float32"
+            )
         checks.append(Check("embedder", True, detail))
     except RagError as exc:
         return [Check("embedder", False, str(exc))]
@@ -58,7 +64,8 @@ def run_checks(settings: Settings) -> list[Check]:
                 "index",
                 stats["chunks"] > 0,
                 f"collection {stats['collection']!r}: {stats['papers']} papers, "
-                f"{stats['chunks']} chunks, model {stats['embed_model']}",
+                f"{stats['chunks']} chunks, model {stats['embed_model']}, embedded by "
+                f"{stats['embed_runtime'] or 'an earlier version'}",
             )
         )
         checks.append(_lexical_check(stats))

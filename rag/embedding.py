@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from rag.errors import EmbedderError
+from rag.runtime import FAMILY, Choice, Runtime, choose, cpu_flags, measured
 from rag.settings import DEFAULT_EMBED_MODEL, Settings
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class Embedder(Protocol):
     name: str  # what the user configured; recorded in the collection
     dim: int
     fingerprint: str  # identifies the weights: a different fingerprint means different vectors
+    family: str  # runtimes of one family give vectors that agree (rag.runtime); recorded too
     max_tokens: int  # longest input in the model's own tokens, special tokens included
     special_tokens: int  # tokens the model adds around every input ([CLS] ... [SEP])
 
@@ -123,11 +125,14 @@ class SentenceTransformerEmbedder:
         device: str | None = None,
         batch_size: int = 32,
         hash_cache: Path | None = None,
+        runtime: Choice = "auto",
     ) -> None:
         self.name = name
         self.model_dir = model_dir
         self.device = device
         self.batch_size = batch_size
+        self.runtime_choice: Choice = runtime
+        self.family = FAMILY
         weights = next((model_dir / f for f in WEIGHT_FILES if (model_dir / f).exists()), None)
         if weights is None:
             raise EmbedderError(f"no model weights ({' or '.join(WEIGHT_FILES)}) in {model_dir}")
@@ -158,19 +163,29 @@ class SentenceTransformerEmbedder:
         return None
 
     @cached_property
+    def runtime(self) -> Runtime:
+        """How documents are embedded here (imports torch, to ask it for a GPU)."""
+        import torch
+
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return choose(self.runtime_choice, device, cpu_flags(), measured())
+
+    @cached_property
     def _model(self) -> Any:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import torch
         from sentence_transformers import SentenceTransformer
 
-        device = self.device
-        if device is None:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        runtime = self.runtime
         try:
-            return SentenceTransformer(str(self.model_dir), device=device, local_files_only=True)
+            model = SentenceTransformer(
+                str(self.model_dir), device=runtime.device, local_files_only=True
+            )
         except Exception as exc:
             raise EmbedderError(f"cannot load embedding model {self.name!r}: {exc}") from exc
+        if runtime.dtype != "float32":
+            model = model.to(getattr(torch, runtime.dtype))
+        return model
 
     @cached_property
     def dim(self) -> int:  # type: ignore[override]
@@ -196,7 +211,7 @@ class SentenceTransformerEmbedder:
             vectors = self._model.encode(
                 batch, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
             )
-            rows.append(np.asarray(vectors, dtype=np.float32))
+            rows.append(_units(np.asarray(vectors, dtype=np.float32)))  # bf16 is not unit in fp32
             if progress is not None:
                 progress(len(batch))
         return np.vstack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
@@ -224,6 +239,8 @@ class HashEmbedder:
 
     special_tokens = 0
     _token = re.compile(r"\w+")
+
+    family = "hash"
 
     def __init__(self, dim: int = 256, max_tokens: int = 256) -> None:
         self.name = "hash"
@@ -266,7 +283,13 @@ def load_embedder(settings: Settings) -> Embedder:
         device=settings.embed_device,
         batch_size=settings.embed_batch_size,
         hash_cache=settings.cache_dir / "model-hashes.json",
+        runtime=settings.embed_runtime,
     )
+
+
+def _units(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:

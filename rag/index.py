@@ -124,6 +124,7 @@ class Index:
         self._bm25: Bm25 | None = None
         self._seen: str | None = None  # the publication this reader's caches are of
         self._opened: int | None = None  # the identity of the folder the caches come from
+        self._stamp: tuple[int, int] | None = None  # and of the lexical folder they were read from
         self.lexical_note: str | None = None  # why the lexical index lags, if it does
 
     @property
@@ -140,6 +141,7 @@ class Index:
             "embed_model": self.embedder.name,
             "embed_dim": self.embedder.dim,
             "embed_fingerprint": self.embedder.fingerprint,
+            "embed_family": self.embedder.family,
         }
 
     def _check_model(self, metadata: dict[str, Any]) -> None:
@@ -153,6 +155,14 @@ class Index:
                 f"is {self.embedder.name!r} (dim {self.embedder.dim}, weights "
                 f"{self.embedder.fingerprint[:12]}); rebuild it with `rag ingest --rebuild`, or set "
                 f"RAG_EMBED_MODEL={metadata.get('embed_model')}"
+            )
+        family = metadata.get("embed_family")
+        if family is not None and family != self.embedder.family:
+            where = self.settings.chroma_url or self.settings.index_dir
+            raise ModelMismatchError(
+                f"the index at {where} was embedded by runtime {metadata.get('embed_runtime')!r}, "
+                f"whose vectors ({family!r}) do not agree with this embedder's "
+                f"({self.embedder.family!r}); rebuild it with `rag ingest --rebuild`"
             )
 
     def collection(self, create: bool = False) -> Any:
@@ -252,7 +262,7 @@ class Index:
         if generation == mine:
             self._set_metadata(published=mine)
         self._bm25, self._seen, self.lexical_note = bm25, mine, None
-        self._opened = self._folder()
+        self._opened, self._stamp = self._folder(), self._lexical_stamp()
 
     def refresh(self) -> None:
         """(Reader, before each question.) Follow a newer publication, or a folder a rebuild
@@ -260,8 +270,11 @@ class Index:
         the cached lexical index."""
         if self._seen is None:
             return
-        if self._folder() != self._opened:
-            self._reopen()
+        if not self.settings.chroma_url:
+            # Locally every publication swaps the lexical folder in, and a rebuild the index
+            # folder: two stat calls tell, where asking Chroma for the metadata cost ~10 ms.
+            if (self._folder(), self._lexical_stamp()) != (self._opened, self._stamp):
+                self._reopen()
             return
         try:
             _, published = self.state()
@@ -270,6 +283,14 @@ class Index:
             return
         if published != self._seen:
             self._reopen()
+
+    def _lexical_stamp(self) -> tuple[int, int] | None:
+        """The identity of the published lexical folder (each publication swaps in a new one)."""
+        try:
+            info = self.settings.bm25_dir.stat()
+        except OSError:
+            return None
+        return info.st_ino, info.st_mtime_ns
 
     def _folder(self) -> int | None:
         """The identity of the local index folder (a rebuild swaps in another), None for a server."""
@@ -366,6 +387,9 @@ class Index:
     ) -> None:
         if todo or stale:
             self._new_generation()  # before writing: from here on, readers keep the published one
+        if todo:
+            runtime = getattr(self.embedder, "runtime", None)  # what embeds (and loads torch)
+            self._set_metadata(embed_runtime=runtime.name if runtime else self.embedder.family)
         done = 0
         # Store each embedded batch at once: a kill -9 loses at most one batch of work.
         for group in _batches(todo, self.settings.embed_batch_size):
@@ -440,6 +464,7 @@ class Index:
         of being written); ``lexical_note`` says when it lags behind the collection."""
         if self._bm25 is not None:
             return self._bm25
+        stamp = self._lexical_stamp()  # before reading: a publication meanwhile shows as a change
         generation, published = self.state()
         bm25 = Bm25.load(self.settings.bm25_dir)
         self.lexical_note = None
@@ -476,6 +501,7 @@ class Index:
                 else "an ingest was interrupted since; run `rag ingest` to bring it up to date"
             )
         self._bm25, self._seen, self._opened = bm25, published, self._folder()
+        self._stamp = stamp
         return bm25
 
     def search_dense(self, vector: np.ndarray, n: int) -> list[ChunkHit]:
@@ -556,6 +582,7 @@ class Index:
             "embed_model": meta.get("embed_model"),
             "embed_dim": meta.get("embed_dim"),
             "embed_fingerprint": meta.get("embed_fingerprint"),
+            "embed_runtime": meta.get("embed_runtime"),
         }
 
 

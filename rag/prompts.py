@@ -1,4 +1,4 @@
-"""The LLM's prompts: plain files in ``prompts/``, filled in here.
+"""The LLM's prompts: plain files in ``prompts/`` (shipped in the package), filled in here.
 
 Everything a model reads that came from the corpus or the conversation is wrapped as data
 (``<source id="n">``, ``<conversation>``). Tag-like text inside it is defused first, so an abstract
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rag.errors import InputError
+from rag.resources import prompts_path
 
 if TYPE_CHECKING:
     from rag.retrieval import Retrieved
@@ -22,15 +23,18 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _OUR_TAGS = re.compile(r"<\s*(/?)\s*(sources?|conversation)\b", re.IGNORECASE)
 
 
-def load(prompts_dir: Path, name: str) -> str:
-    """The text of ``prompts_dir/name.md``, or an ``InputError`` naming the missing file."""
-    path = prompts_dir / f"{name}.md"
+def load(prompts_dir: Path | None, name: str) -> str:
+    """The text of ``prompts_dir/name.md`` (None: the shipped prompts), or an ``InputError``
+    naming the file that cannot be read."""
+    path = (prompts_dir or prompts_path()) / f"{name}.md"
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise InputError(
             f"cannot read the prompt {path}: {exc.strerror} (RAG_PROMPTS_DIR)"
         ) from None
+    except UnicodeDecodeError:
+        raise InputError(f"the prompt {path} is not UTF-8 text (RAG_PROMPTS_DIR)") from None
 
 
 def fill(template: str, **values: str) -> str:

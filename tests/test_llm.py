@@ -79,7 +79,7 @@ def test_answer_streams_and_cites_what_the_model_was_given(
     assert body["stream"] is True and body["model"] == "fake-model"
     assert body["temperature"] == 0.0 and body["max_tokens"] == 1024
     system, user = body["messages"]
-    raw = (rag.settings.prompts_dir / "system.md").read_text().strip()
+    raw = prompts.load(rag.settings.prompts_dir, "system")
     assert system == {"role": "system", "content": raw.replace("{not_found}", NOT_FOUND)}
     # The prompt carried every retrieved source, numbered in order, title and abstract.
     ids = [int(n) for n in re.findall(r'<source id="(\d+)">', user["content"])]

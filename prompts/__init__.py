@@ -1,0 +1,1 @@
+"""The prompt files (*.md), installed with the package as ``rag._prompts``."""

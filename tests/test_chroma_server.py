@@ -180,3 +180,36 @@ def test_writers_on_one_server_from_two_machines_lose_nothing(
         )
         assert (outcome.unreadable, outcome.missing_lexical, outcome.not_first) == (0, 0, 0)
         assert outcome.failures == []
+
+
+def test_a_rebuild_on_the_server_replaces_the_collection_when_complete(
+    chroma_server: Server, tmp_path: Path
+) -> None:
+    old, new = faults.synthetic(30), faults.synthetic(30, start=500)
+    env = {
+        **faults.environment(tmp_path / "index"),
+        "RAG_CHROMA_URL": chroma_server.url,
+        "RAG_COLLECTION": "rebuilt",
+    }
+    assert (
+        run_cli("ingest", str(faults.write_jsonl(tmp_path / "a.jsonl", old)), env=env).returncode
+        == 0
+    )
+    done = run_cli(
+        "ingest", "--rebuild", str(faults.write_jsonl(tmp_path / "b.jsonl", new)), env=env
+    )
+    assert done.returncode == 0, done.stderr
+    client = chromadb.HttpClient(
+        host="127.0.0.1",
+        port=chroma_server.port,
+        settings=chromadb.Settings(anonymized_telemetry=False),
+    )
+    names = {c if isinstance(c, str) else c.name for c in client.list_collections()}
+    assert "rebuilt" in names and "rebuilt-rebuild" not in names  # swapped in, nothing left over
+    stored = client.get_collection("rebuilt").get(include=["metadatas"])["metadatas"]
+    assert {m["paper_id"] for m in stored} == {p["id"] for p in new}
+    outcome = faults.Outcome()
+    faults.audit(
+        tmp_path / "index", new, outcome, chroma_url=chroma_server.url, collection="rebuilt"
+    )
+    assert (outcome.unreadable, outcome.missing_lexical, outcome.not_first) == (0, 0, 0)

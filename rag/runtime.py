@@ -84,6 +84,8 @@ def choose(
         return Runtime(device, "bfloat16", f"asked for (RAG_EMBED_RUNTIME=bf16; {said})")
     if device.startswith("cuda"):
         return Runtime(device, "float16", "a GPU: float16 tensor cores")
+    if device != "cpu":  # another accelerator (mps, xpu): nothing measured there, so float32
+        return Runtime(device, "float32", f"{device}: float32, no other precision measured there")
     flag = native_bf16(flags)
     verdict = verdicts.get(Runtime("cpu", "bfloat16", "").name, {})
     if flag and verdict.get("within"):

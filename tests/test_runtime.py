@@ -30,6 +30,7 @@ OUTSIDE = {"torch-cpu-bfloat16": {"within": False}}
         ({"amx_bf16"}, OUTSIDE, "cpu", "float32", "not measured within tolerance"),
         ({"amx_bf16"}, {}, "cpu", "float32", "not measured within tolerance"),
         (set(), WITHIN, "cuda", "float16", "a GPU"),
+        ({"amx_bf16"}, WITHIN, "mps", "float32", "mps: float32"),
     ],
 )
 def test_auto_takes_bf16_only_where_it_is_native_and_was_measured_within_tolerance(

@@ -18,7 +18,6 @@ import os
 import statistics
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,18 +27,6 @@ QUESTIONS = {
     "single": "How does TokenWeave overlap communication?",
     "list": "Which papers target Hopper GPUs?",
 }
-
-
-def server_tokens(url: str, text: str) -> int:
-    """Tokens of ``text`` by the server's own tokenizer (llama.cpp's /tokenize)."""
-    root = url.rstrip("/").removesuffix("/v1")
-    request = urllib.request.Request(
-        f"{root}/tokenize",
-        data=json.dumps({"content": text}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return len(json.loads(response.read())["tokens"])
 
 
 def main() -> None:
@@ -56,6 +43,7 @@ def main() -> None:
     from rag.chat import NOT_FOUND
     from rag.pipeline import AskResult, Rag
     from rag.settings import Settings
+    from tests.llama_server import server_tokens
 
     server = None
     url = args.url

@@ -51,7 +51,8 @@ _WHITESPACE = re.compile(r"\s+")
 _PUNCTUATION = re.compile(r"[^\w\s]|_")
 _ARXIV_ID = re.compile(r"(?:\d{4}\.\d{4,5}|[a-z-]+(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?")
 _AUTHOR_SEPARATORS = re.compile(r"\s*,\s*|\s+and\s+")
-_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON can spell them (\ud800), UTF-8 cannot
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates: not text
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON can spell them (\ud800), UTF-8 cannot
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +146,11 @@ def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(record, dict):
             reason = f"expected a JSON object, got {type(record).__name__}"
             raise CorpusError(where, number, reason)
-        if bad := _SURROGATE.search(json.dumps(record, ensure_ascii=False)):
+        # Decoded UTF-8 holds no surrogates: only a "\ud800"-style escape can make one, so the
+        # record is re-read for them only when its line has such an escape.
+        if _SURROGATE_ESCAPE.search(line) and (
+            bad := _SURROGATE.search(json.dumps(record, ensure_ascii=False))
+        ):
             reason = f"not valid Unicode text (a lone surrogate, \\u{ord(bad.group()):04x})"
             raise CorpusError(where, number, reason)
         yield number, record

@@ -124,13 +124,7 @@ class LlamaServer:
 
     def tokens(self, text: str) -> int:
         """How many tokens the server's tokenizer makes of ``text``."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/tokenize",
-            data=json.dumps({"content": text}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return len(json.loads(response.read())["tokens"])
+        return server_tokens(f"http://127.0.0.1:{self.port}", text)
 
     def stop(self) -> None:
         """Stop the server."""
@@ -139,3 +133,15 @@ class LlamaServer:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def server_tokens(url: str, text: str) -> int:
+    """Tokens of ``text`` by a llama.cpp server's own tokenizer (its /tokenize)."""
+    root = url.rstrip("/").removesuffix("/v1")
+    request = urllib.request.Request(
+        f"{root}/tokenize",
+        data=json.dumps({"content": text}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return len(json.loads(response.read())["tokens"])

@@ -10,12 +10,13 @@ them with each candidate that runs here:
   onnx-fp32      ONNX Runtime on a graph exported from the same weights, basic optimisations
   onnx-opt       the same graph with ONNX Runtime's BERT fusions, all optimisations
   onnx-int8      the exported graph with int8 dynamic quantisation of its weights
-  openvino-fp32  OpenVINO on the exported graph
+  openvino-fp32  OpenVINO on the exported graph, float32 asked for explicitly
+  openvino-bf16  the same in bf16 (OpenVINO's default on a CPU with native bf16)
 
 The ONNX and OpenVINO ones need `onnx` (and `openvino`), which the project does not depend on:
 `pip install onnx openvino` (or with `--target DIR` and PYTHONPATH=DIR) to include them; missing
 ones are listed as not run. Each candidate's vectors then go into a fresh index (questions are
-embedded as `rag ask` does, numpy float32) and `rag eval` scores it on the gold files: recall@20,
+embedded as `rag ask` does: onnxruntime, float32) and `rag eval` scores it on the gold files: recall@20,
 list and single citation F1, abstention. A candidate is **within** when none of those moved more
 than `rag.runtime.TOLERANCE` from torch-fp32; `--write` records the verdicts in
 rag/data/runtimes.json, which `RAG_EMBED_RUNTIME=auto` reads.
@@ -69,6 +70,9 @@ class Precomputed:
     def embed_query(self, text: str) -> np.ndarray:
         return self.real.embed_query(text)
 
+    def preload(self) -> None:
+        self.real.preload()
+
 
 def torch_candidate(model_dir: Path, dtype: str) -> Callable[[list[str]], np.ndarray]:
     import torch
@@ -85,38 +89,12 @@ def torch_candidate(model_dir: Path, dtype: str) -> Callable[[list[str]], np.nda
     return embed
 
 
-def export_onnx(model_dir: Path, work: Path) -> Path:
-    """The BERT graph of the weights, exported once (TorchScript exporter, dynamic shapes)."""
-    import torch
-    from transformers import AutoModel
+def export_onnx(model_dir: Path, work: Path, weights_sha256: str) -> Path:
+    """The graph `rag ask` runs (rag.graph.export: tokens -> mean-pooled hidden states)."""
+    from rag.graph import GRAPH_FILE, export
 
-    bert = AutoModel.from_pretrained(str(model_dir)).eval()
-
-    class Hidden(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            return self.bert(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-
-    path = work / "model.onnx"
-    ids = torch.ones(1, 8, dtype=torch.long)
-    axes = {0: "batch", 1: "tokens"}
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    torch.onnx.export(
-        Hidden(),
-        (ids, ids, torch.zeros_like(ids)),
-        str(path),
-        input_names=names,
-        output_names=["hidden"],
-        dynamic_axes={**{n: axes for n in names}, "hidden": axes},
-        opset_version=17,
-        dynamo=False,
-    )
-    return path
+    export(model_dir, work, weights_sha256)
+    return work / GRAPH_FILE
 
 
 def tokenize(model_dir: Path) -> Callable[[list[str]], dict[str, np.ndarray]]:
@@ -132,24 +110,18 @@ def tokenize(model_dir: Path) -> Callable[[list[str]], dict[str, np.ndarray]]:
         return {
             "input_ids": np.array([r.ids for r in rows], dtype=np.int64),
             "attention_mask": np.array([r.attention_mask for r in rows], dtype=np.int64),
-            "token_type_ids": np.array([r.type_ids for r in rows], dtype=np.int64),
         }
 
     return encode
 
 
 def pooled(run: Callable[[dict[str, np.ndarray]], np.ndarray], encode: Any) -> Any:
-    """Mean pooling over real tokens, then unit length: what the model's pipeline does."""
+    """Batches of BATCH through the graph (it mean-pools), then unit length in float32."""
 
     def embed(texts: list[str]) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), BATCH):
-            feeds = encode(texts[start : start + BATCH])
-            hidden = run(feeds)
-            mask = feeds["attention_mask"][..., None].astype(np.float32)
-            mean = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
-            out.append(mean / np.linalg.norm(mean, axis=1, keepdims=True))
-        return np.vstack(out).astype(np.float32)
+        out = [run(encode(texts[start : start + BATCH])) for start in range(0, len(texts), BATCH)]
+        vectors = np.vstack(out).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
     return embed
 
@@ -164,15 +136,19 @@ def onnx_candidate(graph: Path, encode: Any, threads: int, level: str) -> Any:
     return pooled(lambda feeds: session.run(None, feeds)[0], encode)
 
 
-def openvino_candidate(graph: Path, encode: Any, threads: int) -> Any:
+def openvino_candidate(graph: Path, encode: Any, threads: int, precision: str) -> Any:
+    """OpenVINO at an explicit precision: its default on a bf16 CPU is bf16, not float32."""
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(str(graph), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
+    compiled = core.compile_model(str(graph), "CPU", config)
     return pooled(lambda feeds: compiled(feeds)[0], encode)
 
 
-def candidates(model_dir: Path, work: Path, threads: int) -> dict[str, Callable[[], Any] | str]:
+def candidates(
+    model_dir: Path, work: Path, threads: int, weights_sha256: str
+) -> dict[str, Callable[[], Any] | str]:
     """name: a factory of the embed function, or why it does not run here."""
     from rag.runtime import cpu_flags, native_bf16
 
@@ -185,7 +161,7 @@ def candidates(model_dir: Path, work: Path, threads: int) -> dict[str, Callable[
     try:
         import onnx  # noqa: F401
     except ImportError:
-        for name in ("onnx-fp32", "onnx-opt", "onnx-int8", "openvino-fp32"):
+        for name in ("onnx-fp32", "onnx-opt", "onnx-int8", "openvino-fp32", "openvino-bf16"):
             out[name] = "needs the onnx package (pip install onnx)"
         return out
     encode = tokenize(model_dir)
@@ -194,7 +170,7 @@ def candidates(model_dir: Path, work: Path, threads: int) -> dict[str, Callable[
     def graph(kind: str) -> Path:
         if kind not in graphs:
             if kind == "plain":
-                graphs[kind] = export_onnx(model_dir, work)
+                graphs[kind] = export_onnx(model_dir, work, weights_sha256)
             elif kind == "fused":
                 from onnxruntime.transformers.optimizer import optimize_model
 
@@ -222,9 +198,15 @@ def candidates(model_dir: Path, work: Path, threads: int) -> dict[str, Callable[
     try:
         import openvino  # noqa: F401
 
-        out["openvino-fp32"] = lambda: openvino_candidate(graph("plain"), encode, threads)
+        out["openvino-fp32"] = lambda: openvino_candidate(graph("plain"), encode, threads, "f32")
+        out["openvino-bf16"] = (
+            (lambda: openvino_candidate(graph("plain"), encode, threads, "bf16"))
+            if native_bf16(cpu_flags())
+            else "no native bf16 on this CPU (it would be emulated)"
+        )
     except ImportError:
-        out["openvino-fp32"] = "needs the openvino package (pip install openvino)"
+        for name in ("openvino-fp32", "openvino-bf16"):
+            out[name] = "needs the openvino package (pip install openvino)"
     return out
 
 
@@ -281,7 +263,8 @@ def main() -> None:
     rows: dict[str, dict[str, Any]] = {}
     reference: np.ndarray | None = None
     with tempfile.TemporaryDirectory(prefix="rag-graphs-") as work:
-        for name, make in candidates(real.model_dir, Path(work), args.threads).items():
+        found = candidates(real.model_dir, Path(work), args.threads, real.fingerprint)
+        for name, make in found.items():
             if isinstance(make, str):
                 rows[name] = {"not run": make}
                 print(f"{name:<14} not run: {make}", flush=True)

@@ -26,10 +26,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from bench import REPO, percentile, questions  # bench/bench.py: the same question mix
-from rag.ui import PENDING
 
 
 @dataclass
@@ -69,11 +67,6 @@ def start_app(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     return proc, line.split()[3]
 
 
-def content(message: dict[str, Any]) -> str:
-    """A chatbot message's HTML as gradio_client returns it."""
-    return "".join(part["text"] for part in message["content"])
-
-
 def run_session(url: str, session: int, asked: list[str], start: threading.Barrier) -> list[Answer]:
     """One user: connect, wait for the others, then ask each question once the last is answered."""
     from gradio_client import Client
@@ -81,20 +74,19 @@ def run_session(url: str, session: int, asked: list[str], start: threading.Barri
     client = Client(url, verbose=False, download_files=False, analytics_enabled=False)
     start.wait()
     answers = []
-    for turn, question in enumerate(asked, start=1):
+    for question in asked:
         answer = Answer(session, question)
         began = time.perf_counter()
         try:
             job = client.submit(question, 8, "offline", api_name="/chat")
-            for messages, _ in job:  # each update as it arrives
+            for update in job:  # each update as it arrives: the text so far, then the sources
                 answer.updates += 1
-                if not answer.first_token_s and content(messages[-1]) != PENDING:
+                if not answer.first_token_s and update["answer"]:
                     answer.first_token_s = time.perf_counter() - began
-            messages, panel = job.result()  # raises what the call raised
+            final = job.result()  # raises what the call raised
             answer.latency_s = time.perf_counter() - began
-            final = content(messages[-1])
-            if "rag-notice" in final or f'id="rag-t{turn}"' not in panel:
-                answer.error = f"no answer with sources: {final[:200]}"
+            if not final["done"] or not (final["citations"] or final["abstained"]):
+                answer.error = f"no answer with sources: {str(final)[:200]}"
         except Exception as exc:  # noqa: BLE001 - a load test counts every failure, whatever it is
             answer.error = f"{type(exc).__name__}: {exc}"
         answers.append(answer)

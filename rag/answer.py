@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from rag.chat import NOT_FOUND, OFFLINE
 from rag.citations import defuse_markers
-from rag.followup import Turn, offline_rewrite
+from rag.followup import Turn, offline_rewrite, own_name
 from rag.lexical import Terms, terms
 from rag.policy import Policy
 from rag.question import Analysis, held, stated, unheld
@@ -61,12 +61,6 @@ _COMPARING = re.compile(
 # is preferred to background of about the same weight.
 _POINTS_BACK_SHARE = 0.8
 _OWN_WORK_SHARE = 1.25
-
-
-def own_name(title: str) -> str | None:
-    """The name a paper calls itself by: its title's short head ("TokenWeave: ..."), if any."""
-    head, colon, _ = title.partition(":")
-    return head.strip() if colon and len(head.split()) <= 3 else None
 
 
 def readable(sentence: str) -> str:

@@ -412,6 +412,31 @@ def compare(runs: tuple[Path, ...], out: Path | None) -> None:
         click.echo(compare_runs(list(runs), out), nl=False)
 
 
+@cli.group()
+def feedback() -> None:
+    """The citation judgements made in the chat (RAG_FEEDBACK_FILE): a gold set `rag eval` reads."""
+
+
+@feedback.command("export")
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The judgements file (default: RAG_FEEDBACK_FILE, or feedback.jsonl in the index).",
+)
+def feedback_export(out: Path, source: Path | None) -> None:
+    """Write the judgements as a clean gold file OUT: one question per line, gold keys only."""
+    from rag.feedback import FeedbackFile
+
+    with user_errors():
+        settings = load_settings()
+        store = FeedbackFile(source) if source else FeedbackFile.of(settings)
+        count = store.export(out)
+        click.echo(f"{count} judged question(s) from {store.path} written to {out}", err=True)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object.")
 def doctor(as_json: bool) -> None:

@@ -33,7 +33,7 @@ def run_checks(settings: Settings) -> list[Check]:
         if runtime is not None:
             detail += (
                 f"; documents: torch {runtime.dtype} on {runtime.device} ({runtime.reason}); "
-                "questions: numpy float32"
+                f"questions: {embedder.question_path()}"
             )
         checks.append(Check("embedder", True, detail))
     except RagError as exc:

@@ -1,9 +1,9 @@
 """Embedders: the protocol, the sentence-transformers one, and a deterministic offline one.
 
 The real embedder is split by cost. Counting tokens (for chunking) needs only ``tokenizers``;
-embedding a question uses a numpy forward pass (``rag.encoder``) when the model is a plain BERT
-encoder; only embedding documents imports sentence-transformers and torch, which takes ~9 s here.
-So ``rag ask`` and a no-op ``rag ingest`` never pay for torch.
+embedding a question runs the model's exported ONNX graph on onnxruntime (``rag.graph``); only
+embedding documents imports sentence-transformers and torch, which takes ~7-9 s here. So
+``rag ask`` and a no-op ``rag ingest`` never pay for torch.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +25,7 @@ from rag.runtime import FAMILY, Choice, Runtime, choose, cpu_flags, measured
 from rag.settings import DEFAULT_EMBED_MODEL, Settings
 
 if TYPE_CHECKING:
-    from rag.encoder import BertEncoder
+    from rag.graph import QuestionEncoder
 
 # sentence-transformers/all-MiniLM-L6-v2, official revision: the weights we ship must be these.
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -54,6 +55,10 @@ class Embedder(Protocol):
 
     def embed_query(self, text: str) -> np.ndarray:
         """The unit-length vector of one question."""
+        ...
+
+    def preload(self) -> None:
+        """Start loading what ``embed_query`` needs, in the background; returns at once."""
         ...
 
 
@@ -126,6 +131,7 @@ class SentenceTransformerEmbedder:
         batch_size: int = 32,
         hash_cache: Path | None = None,
         runtime: Choice = "auto",
+        cache_dir: Path | None = None,
     ) -> None:
         self.name = name
         self.model_dir = model_dir
@@ -144,12 +150,40 @@ class SentenceTransformerEmbedder:
             )
         config = _read_json(model_dir / "sentence_bert_config.json")
         self.max_tokens = int(config.get("max_seq_length") or 256)
+        self.cache_dir = cache_dir
 
     @cached_property
-    def _encoder(self) -> BertEncoder | None:
-        from rag import encoder
+    def _questions(self) -> QuestionEncoder | None:
+        """The torch-free question path, where the model's pipeline can be exported."""
+        from rag import graph
 
-        return encoder.BertEncoder(self.model_dir) if encoder.is_supported(self.model_dir) else None
+        if self.cache_dir is None or not graph.exportable(self.model_dir):
+            return None
+        return graph.QuestionEncoder(self._graph, self.model_dir, self.max_tokens)
+
+    def _graph(self, loaded: Any = None) -> bytes:
+        from rag import graph
+
+        assert self.cache_dir is not None
+        return graph.ensure_graph(self.model_dir, self.cache_dir, self.fingerprint, _note, loaded)
+
+    def question_path(self) -> str:
+        """How questions are embedded, in words (``rag doctor``); verifies the graph, exports nothing."""
+        from rag import graph
+
+        if self._questions is None:
+            return "sentence-transformers (this model's pipeline is not exported to ONNX)"
+        assert self.cache_dir is not None
+        folder = graph.graph_dir(self.cache_dir, self.fingerprint)
+        data, why = graph.verified_graph(folder, self.fingerprint)
+        if data is None:
+            return f"onnxruntime float32; graph {why}: the next ingest or question exports it"
+        return f"onnxruntime float32 on {folder / graph.GRAPH_FILE} (SHA-256 verified)"
+
+    def preload(self) -> None:
+        """Build the question encoder's session in a thread (it overlaps chromadb's import)."""
+        if self._questions is not None:
+            self._questions.start()
 
     @cached_property
     def _tokenizer(self) -> Any:
@@ -183,15 +217,22 @@ class SentenceTransformerEmbedder:
             )
         except Exception as exc:
             raise EmbedderError(f"cannot load embedding model {self.name!r}: {exc}") from exc
+        if self._questions is not None:
+            # torch is loaded now, and the weights still float32: export the question graph
+            # while at it (once per set of weights, ~3 s), so no `rag ask` has to import torch.
+            self._graph(model[0].auto_model)
         if runtime.dtype != "float32":
             model = model.to(getattr(torch, runtime.dtype))
         return model
 
     @cached_property
     def dim(self) -> int:  # type: ignore[override]
-        """Vector size, read from the config when that suffices (no torch import)."""
-        if self._encoder is not None:
-            return self._encoder.dim
+        """Vector size, read from the pooling config when there is one (no torch import)."""
+        modules = _read_json(self.model_dir / "modules.json")
+        pooling = modules[1].get("path") if isinstance(modules, list) and len(modules) > 1 else None
+        size = _read_json(self.model_dir / pooling / "config.json") if pooling else {}
+        if isinstance(size.get("word_embedding_dimension"), int):
+            return int(size["word_embedding_dimension"])
         return int(self._model.get_sentence_embedding_dimension())
 
     def token_spans(self, texts: Sequence[str]) -> list[Spans]:
@@ -217,16 +258,10 @@ class SentenceTransformerEmbedder:
         return np.vstack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
-        """Embed a question with numpy when possible, else with sentence-transformers."""
-        if self._encoder is not None:
-            from threadpoolctl import threadpool_limits
-
-            # One short question is a few small matmuls: BLAS threads only add hand-off latency,
-            # and on a busy machine waiting for a second core cost ~0.7 s instead of ~10 ms.
-            with threadpool_limits(limits=1, user_api="blas"):
-                vector = self._encoder.encode([text])[0]
-        else:
-            vector = self._model.encode([text], convert_to_numpy=True)[0]
+        """Embed a question on onnxruntime where possible, else with sentence-transformers."""
+        if self._questions is not None:
+            return self._questions.encode([text])[0]
+        vector = self._model.encode([text], convert_to_numpy=True)[0]
         return _unit(np.asarray(vector, dtype=np.float32))
 
 
@@ -270,6 +305,9 @@ class HashEmbedder:
         """Same as a document: the hash embedder is symmetric."""
         return self._vector(text)
 
+    def preload(self) -> None:
+        """Nothing to load."""
+
 
 def load_embedder(settings: Settings) -> Embedder:
     """The embedder the settings ask for; the weights are verified, nothing heavy is imported yet."""
@@ -284,7 +322,12 @@ def load_embedder(settings: Settings) -> Embedder:
         batch_size=settings.embed_batch_size,
         hash_cache=settings.cache_dir / "model-hashes.json",
         runtime=settings.embed_runtime,
+        cache_dir=settings.cache_dir,
     )
+
+
+def _note(message: str) -> None:
+    print(f"rag: {message}", file=sys.stderr, flush=True)
 
 
 def _units(rows: np.ndarray) -> np.ndarray:

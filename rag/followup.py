@@ -80,6 +80,28 @@ def offline_rewrite(question: str, history: Sequence[Turn]) -> str:
     return question
 
 
+def own_name(title: str) -> str | None:
+    """The name a paper calls itself by: its title's short head ("TokenWeave: ..."), if any."""
+    head, colon, _ = title.partition(":")
+    return head.strip() if colon and len(head.split()) <= 3 else None
+
+
+def name_subjects(answer: str, cited: Sequence[Citation], most: int = 3) -> str:
+    """A follow-up's answer, opened by the paper(s) it is about when it names none of them.
+
+    "What about the second one?" is answered from that paper's abstract, whose sentences rarely
+    say its title: without this, the reader must work out which paper the answer is about.
+    """
+    if not cited or len(cited) > most:
+        return answer
+    folded = answer.casefold()
+    names = [own_name(c.title) or c.title for c in cited]
+    if any(name.casefold() in folded for name in names):
+        return answer
+    about = " and ".join(f"“{c.title}” [{c.n}]" for c in cited)
+    return f"On {about}: {answer}"
+
+
 def render_history(history: Sequence[Turn], max_turns: int = 6) -> str:
     """The last turns as text for the rewrite prompt, each answer with its numbered sources."""
     lines = []

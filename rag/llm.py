@@ -369,9 +369,9 @@ class OpenAIChatModel:
     # -- errors -------------------------------------------------------------------------------------
 
     def _empty(self) -> LLMError:
-        tries = self.settings.llm_retries + 1
+        tries = self._tries()
         return LLMError(
-            f"the LLM at {self.endpoint} returned no answer ({tries} tries: empty replies or "
+            f"the LLM at {self.endpoint} returned no answer ({tries}: empty replies or "
             "streams that broke before any text)"
         )
 
@@ -380,26 +380,30 @@ class OpenAIChatModel:
             text = text.replace(secret, "***")
         return " ".join(text.split())
 
+    def _tries(self) -> str:
+        tries = self.settings.llm_retries + 1
+        return "1 try" if tries == 1 else f"{tries} tries"
+
     def _reason(self, exc: Exception) -> str:
         return self._scrub(f"{type(exc).__name__}: {exc}")[:200]
 
     def _explain(self, exc: Exception) -> LLMError:
-        """One line for an SDK error, after the SDK's own retries."""
+        """One line for an SDK error, after the SDK's own retries (an ``LLMError`` is one already)."""
         import openai
 
-        where, tries = self.endpoint, self.settings.llm_retries + 1
+        if isinstance(exc, LLMError):
+            return exc
+        where, tries = self.endpoint, self._tries()
         if isinstance(exc, openai.APITimeoutError):
             message = (
                 f"the LLM at {where} did not answer within {self.settings.llm_timeout:g} s "
-                f"({tries} tries); raise RAG_LLM_TIMEOUT or check the server"
+                f"({tries}); raise RAG_LLM_TIMEOUT or check the server"
             )
         elif isinstance(exc, openai.APIConnectionError):
-            message = (
-                f"cannot connect to the LLM at {where} ({tries} tries): is the server running?"
-            )
+            message = f"cannot connect to the LLM at {where} ({tries}): is the server running?"
         elif isinstance(exc, openai.RateLimitError):
             message = (
-                f"the LLM at {where} is rate-limiting requests (HTTP 429, {tries} tries, "
+                f"the LLM at {where} is rate-limiting requests (HTTP 429, {tries}, "
                 "Retry-After honoured); try again later"
             )
         elif isinstance(exc, openai.AuthenticationError):
@@ -413,7 +417,7 @@ class OpenAIChatModel:
                 "chat-completions endpoint (HTTP 404): check RAG_LLM_MODEL and OPENAI_BASE_URL"
             )
         elif isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
-            message = f"the LLM at {where} failed with HTTP {exc.status_code} ({tries} tries)"
+            message = f"the LLM at {where} failed with HTTP {exc.status_code} ({tries})"
         elif isinstance(exc, openai.APIStatusError):
             detail = self._scrub(_server_message(exc))[:200]
             message = f"the LLM at {where} refused the request (HTTP {exc.status_code}): {detail}"

@@ -25,13 +25,13 @@ from rag.citations import Citation
 from rag.corpus import Corpus, Paper, bundled_corpus_dir, load_corpus
 from rag.embedding import Embedder, load_embedder
 from rag.errors import IndexMissingError, InputError
-from rag.followup import Turn
+from rag.followup import Turn, name_subjects
 from rag.index import Index, IngestStats
 from rag.lexical import Glossary
 from rag.llm_text import without
 from rag.locking import writer_lock
 from rag.policy import Policy
-from rag.question import FIELDS, Analysis, analyse, held, nearest_field, shown
+from rag.question import FIELDS, Analysis, analyse, held, nearest_field, shown, widened
 from rag.resources import data_path
 from rag.retrieval import Mode, Retrieved, Retriever
 from rag.selection import score
@@ -61,6 +61,7 @@ class AskResult:
     echoed_sentences: int = 0  # sentences repeating the model's instructions, taken out
     prompt: dict[str, Any] | None = None  # how the sources were fitted to an LLM's context
     lexical: str | None = None  # why keyword search lags behind the collection, if it does
+    widened: str | None = None  # why more papers were shown than the k asked for, if they were
 
     def notes(self) -> list[str]:
         """What a reader should know about how the answer was made, one sentence each."""
@@ -117,6 +118,7 @@ class AskResult:
             "echoed_sentences": self.echoed_sentences,
             "prompt": self.prompt,
             "lexical": self.lexical,
+            "widened": self.widened,
         }
 
 
@@ -275,7 +277,9 @@ class Rag:
         """
         started = time.perf_counter()
         question, k = self.validate(question, k)
+        self.index.embedder.preload()  # the question encoder loads in a thread, while ...
         self.index.refresh()  # another process may have published, or swapped in, a newer index
+        self.index.bm25()  # ... the index opens (chromadb's import alone takes ~0.8 s)
         chat_model = self.model(model)
         standalone = question
         if history:
@@ -314,9 +318,12 @@ class Rag:
             Citation(n, sources[pos - 1].paper.id, sources[pos - 1].paper.title)
             for n, pos in enumerate(checked.cited, start=1)
         ]
+        text = checked.text
+        if history and standalone != question:  # "what about the second one?": say which it is
+            text = name_subjects(text, cited)
         yield AskResult(
             question=question,
-            answer=checked.text,
+            answer=text,
             abstained=not cited and declines(checked.text),
             citations=cited,
             retrieved=list(sources),
@@ -334,6 +341,7 @@ class Rag:
             echoed_sentences=echo.count if echo else 0,
             prompt=_prompt_record(notes.get("shown")),
             lexical=self.index.lexical_note,
+            widened=widened(analysis, k, len(sources), self.settings.list_k),
         )
 
     def analyse(self, question: str, vector: np.ndarray | None = None) -> Analysis:

@@ -240,6 +240,20 @@ def shown(analysis: Analysis, k: int, list_k: int) -> int:
     return max(k, list_k) if analysis.intent == "list" else k
 
 
+def widened(analysis: Analysis, k: int, count: int, list_k: int) -> str | None:
+    """Why ``count`` papers were shown for a question asked with top-``k``, when more than k."""
+    if count <= k:
+        return None
+    if analysis.intent == "list" and list_k > k:
+        why = (
+            f"a list question is shown up to {list_k} papers (RAG_LIST_K), so that every paper "
+            "that belongs in the list can be cited"
+        )
+    else:
+        why = "papers the question names are always shown"
+    return f"{count} papers were considered, more than top-k ({k}): {why}"
+
+
 def held(record: PaperRecord, field_name: str) -> str | None:
     """The value of a metadata field in a paper's record, or None when the record lacks it.
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rag.errors import StoreError
+from rag.feedback import FeedbackFile
 from rag.index import Index, IngestStats
 from rag.locking import exchange
 
@@ -43,12 +44,23 @@ def rebuild(
     stats = staged.ingest(papers, progress)
     staged.close()  # everything on disk before the folder changes places
     rag.index.close()
+    feedback = FeedbackFile.of(rag.settings)
     try:
-        if live.exists():
-            exchange(staging, live)
-            shutil.rmtree(staging, ignore_errors=True)  # the old index, now beside
-        else:
-            os.rename(staging, live)
+        # The chat's judgements live in the index folder by default: they move into the new one
+        # while no judgement can be written.
+        with feedback.locked():
+            kept = (
+                staging / feedback.path.relative_to(live)
+                if feedback.path.is_relative_to(live)
+                else None
+            )
+            if kept is not None and feedback.path.exists():
+                shutil.copy2(feedback.path, kept)
+            if live.exists():
+                exchange(staging, live)
+                shutil.rmtree(staging, ignore_errors=True)  # the old index, now beside
+            else:
+                os.rename(staging, live)
     except OSError as exc:
         raise StoreError(
             f"the rebuilt index is complete in {staging} but could not replace {live}: "

@@ -7,7 +7,7 @@ float32 stays. On a GPU, float16. A runtime is chosen automatically only if the 
 its eval/ metrics within ``TOLERANCE`` of float32 (``within`` in that file): speed never buys
 quality here.
 
-Questions are embedded apart (numpy, float32: ``rag.encoder``), so every runtime's document
+Questions are embedded apart (onnxruntime, float32: ``rag.graph``), so every runtime's document
 vectors must agree with float32 ones: all runtimes here are of one ``FAMILY`` (cosine to float32
 >= 0.999, pinned by a test), and an index records the runtime that built it; an index of another
 family (a quantised one, say) is refused like another model.

@@ -159,6 +159,11 @@ class Settings(BaseSettings):
         description="Requests the browser chat keeps waiting for a free slot; beyond it, new ones are "
         "refused with 'queue full'.",
     )
+    feedback_file: Path | None = Field(
+        None,
+        description="Where the chat's citation judgements are kept, a gold set `rag eval` reads "
+        "(default: feedback.jsonl in the index directory; a rebuild carries it over).",
+    )
     prompts_dir: Path | None = Field(
         None,
         description="Directory of the prompt files (system.md, answer.md, rewrite.md, support.md); "
@@ -187,6 +192,19 @@ class Settings(BaseSettings):
     def llm_configured(self) -> bool:
         """Whether an LLM endpoint is configured (an OpenAI key or a base URL)."""
         return bool(self.openai_api_key or self.openai_base_url)
+
+    @property
+    def feedback_path(self) -> Path:
+        """The judgements file (``RAG_FEEDBACK_FILE``, else inside the index directory)."""
+        return self.feedback_file or self.index_dir / "feedback.jsonl"
+
+    @property
+    def feedback_lock(self) -> Path:
+        """The judgements' lock: beside the index directory for the default file, since a rebuild
+        swaps that directory whole and a lock inside it would be two locks for a moment."""
+        if self.feedback_file is not None:
+            return self.feedback_file.with_name(f".{self.feedback_file.name}.lock")
+        return self.index_dir.with_name(f".{self.index_dir.name}.feedback.lock")
 
     @property
     def bm25_dir(self) -> Path:

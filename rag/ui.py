@@ -24,6 +24,7 @@ import gradio as gr
 
 from rag.answer import OFFLINE
 from rag.errors import InputError, RagError
+from rag.feedback import KINDS, FeedbackFile, Judged
 from rag.followup import Turn
 from rag.pipeline import AskResult, Rag
 from rag.settings import Settings
@@ -32,9 +33,9 @@ from rag.ui_render import (
     answer_html,
     index_html,
     notice_html,
+    question_html,
     sources_html,
     sources_panel,
-    text_html,
 )
 
 EXAMPLES = (
@@ -49,8 +50,45 @@ SANS = ("ui-sans-serif", "system-ui", "Segoe UI", "Helvetica Neue", "Arial", "sa
 MONO = ("ui-monospace", "Menlo", "Consolas", "DejaVu Sans Mono", "monospace")
 MAX_K = 20  # the slider's end; the API takes up to Rag.validate's limit
 log = logging.getLogger(__name__)
+OFFLINE_NOTE = (
+    '<p class="rag-offline">Answers are written offline, by quoting the papers. Set OPENAI_API_KEY '
+    "or OPENAI_BASE_URL to answer with an LLM.</p>"
+)
 MAX_UPLOAD = "1kb"  # Gradio always serves an upload route; the app has no use for it
 Message = dict[str, str]
+
+
+# After an answer: its sources panel back to its top (the new answer's sources are first there,
+# and a citation clicked earlier had scrolled it down to an old one), the clicked citation's
+# highlight off, and the chat scrolled to the start of the answer (a long list would otherwise
+# show its end).
+AFTER_ANSWER_JS = """() => {
+  const panel = document.getElementById('rag-sources');
+  if (panel) panel.scrollTop = 0;
+  if (location.hash) history.replaceState(null, '', location.pathname + location.search);
+  let frames = 0;
+  const top = () => {  // within the chat only: the page itself stays where it is
+    const wrap = document.querySelector('#rag-chat .bubble-wrap');
+    const answers = document.querySelectorAll('#rag-chat .bot-row');
+    const last = answers[answers.length - 1];
+    if (wrap && last) {
+      // a little above the answer's top: its first line clears the chat's label
+      wrap.scrollTop += last.getBoundingClientRect().top - wrap.getBoundingClientRect().top - 12;
+    }
+    // The chat scrolls itself to the bottom once it has rendered the last update, which may be
+    // a few frames from now: hold the answer's start in view until then (about a third of a s).
+    if (++frames < 20) requestAnimationFrame(top);
+  };
+  top();
+}"""
+# The judge buttons of the sources panel: one listener on the panel (its content is re-rendered).
+JUDGE_JS = """element.addEventListener('click', (event) => {
+  const button = event.target.closest('button.rag-judge');
+  if (!button || button.disabled) return;
+  button.disabled = true;
+  trigger('judge', {turn: Number(button.dataset.turn), kind: button.dataset.kind,
+                    paper: button.dataset.paper || ''});
+});"""
 
 
 @dataclass
@@ -59,8 +97,17 @@ class Conversation:
 
     turns: list[Turn] = field(default_factory=list)  # answered exchanges, passed as ``history``
     messages: list[Message] = field(default_factory=list)  # the chatbot's value
-    sections: list[str] = field(default_factory=list)  # sources HTML of each answer, oldest first
+    answers: dict[int, AskResult] = field(default_factory=dict)  # by turn: what can be judged
+    judged: dict[int, dict[str, str]] = field(default_factory=dict)  # turn -> paper id -> kind
+    sections: dict[int, str] = field(default_factory=dict)  # sources HTML of each answer
     asked: int = 0  # questions so far: numbers the anchors of each answer's sources
+
+    def panel(self) -> str:
+        """The sources panel: the newest answer's sources first."""
+        return sources_panel([self.sections[t] for t in sorted(self.sections)])
+
+    def render(self, turn: int) -> None:
+        self.sections[turn] = sources_html(self.answers[turn], turn, self.judged.get(turn))
 
 
 class Chat:
@@ -104,9 +151,9 @@ class Chat:
         conv.asked += 1
         turn = conv.asked
         if question.strip():
-            conv.messages.append({"role": "user", "content": text_html(question)})
+            conv.messages.append({"role": "user", "content": question_html(question)})
         conv.messages.append({"role": "assistant", "content": PENDING})
-        panel = sources_panel(conv.sections)
+        panel = conv.panel()
         yield list(conv.messages), panel, conv
 
         shown = ""
@@ -133,13 +180,69 @@ class Chat:
             return
         assert result is not None  # Rag.stream always ends with the result
         notes = "".join(notice_html(note) for note in result.notes())
+        titles = [r.paper.title for r in result.retrieved]
         conv.messages[-1] = {
             "role": "assistant",
-            "content": answer_html(result.answer, turn) + notes,
+            "content": answer_html(result.answer, turn, titles) + notes,
         }
         conv.turns.append(result.turn())
-        conv.sections.append(sources_html(result, turn))
-        yield list(conv.messages), sources_panel(conv.sections), conv
+        conv.answers[turn] = result
+        conv.render(turn)
+        yield list(conv.messages), conv.panel(), conv
+
+    def respond_api(
+        self, question: str, k: float, model: str | None, turns: list[Turn] | None
+    ) -> Iterator[tuple[dict[str, Any], list[Turn]]]:
+        """``/chat`` for API clients: the answer as text, streamed, then its structured sources.
+
+        Each update is {"answer": text so far, "done": false}; the last is the ``/ask`` object
+        (citations, retrieved, ...) with "done": true. Follow-ups see the client's earlier turns.
+        """
+        history = list(turns or [])
+        shown = ""
+        try:
+            stream = self.rag.stream(question, whole(k), history=history, model=self._model(model))
+            for item in stream:
+                if isinstance(item, AskResult):
+                    history.append(item.turn())
+                    yield {**item.to_dict(), "notes": item.notes(), "done": True}, history
+                else:
+                    shown += item
+                    yield {"answer": shown, "done": False}, history
+        except Exception as exc:  # noqa: BLE001 - one message for every failure, as /ask
+            raise gr.Error(explain(exc), print_exception=False) from None
+
+    def judge(
+        self, conversation: Conversation | None, request: gr.Request, event: gr.EventData
+    ) -> tuple[str, Conversation]:
+        """Record a judgement clicked in the sources panel; the panel then shows it recorded."""
+        conv = conversation or Conversation()
+        data = event._data if isinstance(event._data, dict) else {}
+        turn, kind = data.get("turn"), str(data.get("kind", ""))
+        result = conv.answers.get(turn) if isinstance(turn, int) else None
+        if result is None or kind not in KINDS:
+            return conv.panel(), conv  # a stale page or a forged event: nothing to record
+        papers = {r.paper.id: r.paper.title for r in result.retrieved}
+        paper = str(data.get("paper", ""))
+        title = None if kind == "declined" else papers.get(paper)
+        judged = Judged(
+            result.standalone or result.question,
+            tuple(c.title for c in result.citations),
+            tuple(papers.values()),
+            result.intent,
+        )
+        try:
+            FeedbackFile.of(self.rag.settings).judge(
+                judged, kind, title, by=getattr(request, "username", None) or "anonymous"
+            )  # type: ignore[arg-type]
+        except (RagError, OSError) as exc:
+            conv.render(turn)
+            said = notice_html(f"the judgement was not recorded: {exc}")
+            conv.sections[turn] = said + conv.sections[turn]
+            return conv.panel(), conv
+        conv.judged.setdefault(turn, {})[paper or "answer"] = kind
+        conv.render(turn)
+        return conv.panel(), conv
 
     def new_chat(self) -> tuple[list[Message], str, Conversation]:
         """An empty conversation: no messages, no sources, no history."""
@@ -215,7 +318,8 @@ def build_app(rag: Rag, settings: Settings) -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
         conversation = gr.State(Conversation())
         gr.Markdown(f"## {TITLE}\nAnswers cite the papers they come from as [1], [2]: click one.")
-        gr.HTML(chat.index_line, js_on_load=None)
+        index_line = gr.HTML(js_on_load=None)
+        app.load(chat.index_line, outputs=index_line, queue=False, api_visibility="private")
         if unavailable:
             gr.HTML(notice_html(unavailable), js_on_load=None)
         with gr.Row(equal_height=False):
@@ -227,10 +331,20 @@ def build_app(rag: Rag, settings: Settings) -> gr.Blocks:
                         value=settings.top_k,
                         step=1,
                         label="Papers retrieved (top-k)",
+                        elem_id="rag-k",
                         scale=2,
                     )
-                    model = gr.Radio(choices, value=choices[0], label="Answer with", scale=2)
+                    # One choice is no choice: then the page says how answers are written.
+                    model = gr.Radio(
+                        choices,
+                        value=choices[0],
+                        label="Answer with",
+                        scale=2,
+                        visible=len(choices) > 1,
+                    )
                     new_chat = gr.Button("New chat", elem_id="rag-new-chat", scale=1)
+                if len(choices) == 1 and not unavailable:
+                    gr.HTML(OFFLINE_NOTE, js_on_load=None)
                 chatbot = gr.Chatbot(
                     elem_id="rag-chat",
                     label="Chat",
@@ -256,8 +370,15 @@ def build_app(rag: Rag, settings: Settings) -> gr.Blocks:
                     sources_panel([]),
                     elem_id="rag-sources",
                     label="Sources",
-                    js_on_load=None,
+                    js_on_load=JUDGE_JS,
                 )
+        with gr.Row(visible=False):  # /chat for API clients: text and structured sources
+            api_question = gr.Textbox(label="question")
+            api_k = gr.Number(settings.top_k, label="k")
+            api_model = gr.Textbox(choices[0], label="model")
+            api_answer = gr.JSON(label="answer")
+            api_turns = gr.State([])
+            api_ask = gr.Button()
 
         ask = {
             "fn": chat.respond,
@@ -265,11 +386,13 @@ def build_app(rag: Rag, settings: Settings) -> gr.Blocks:
             "outputs": [chatbot, sources, conversation],
             **answering,
         }
-        asked = question.submit(**ask, api_name="chat")
+        asked = question.submit(**ask, api_visibility="private")
+        asked.then(None, js=AFTER_ANSWER_JS, queue=False, api_visibility="private")
         # The box empties at once; the handler already has the question (inputs are read when the
         # event fires), and its own outputs never touch the box, so typing the next one is safe.
         question.submit(lambda: "", outputs=question, queue=False, api_visibility="private")
         example_asked = examples.load_input_event.then(**ask, api_visibility="private")
+        example_asked.then(None, js=AFTER_ANSWER_JS, queue=False, api_visibility="private")
         examples.load_input_event.then(
             lambda: "", outputs=question, queue=False, api_visibility="private"
         )
@@ -282,6 +405,20 @@ def build_app(rag: Rag, settings: Settings) -> gr.Blocks:
         }
         new_chat.click(chat.new_chat, **reset, api_visibility="private")
         chatbot.clear(chat.new_chat, **reset, api_visibility="private")
+        sources.judge(  # type: ignore[attr-defined]  # the event JUDGE_JS triggers
+            chat.judge,
+            inputs=[conversation],
+            outputs=[sources, conversation],
+            queue=False,
+            api_visibility="private",
+        )
+        api_ask.click(
+            chat.respond_api,
+            inputs=[api_question, api_k, api_model, api_turns],
+            outputs=[api_answer, api_turns],
+            api_name="chat",
+            **answering,
+        )
         gr.api(chat.ask, api_name="ask", **answering)
 
     # api_open=False: every generating call goes through the queue, so the limits above hold

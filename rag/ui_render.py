@@ -13,12 +13,13 @@ links to ``#rag-t3-s2``, and earlier answers keep pointing at their own sources.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus, urlsplit
 
-from rag.citations import BULLET, claims, sentence_support
+from rag.citations import BULLET, claims, defuse_markers, sentence_support
+from rag.feedback import KINDS
 
 if TYPE_CHECKING:
     from rag.pipeline import AskResult
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 # as support: below it, the claim paraphrases too loosely to point at one sentence.
 MIN_SUPPORT = 0.3
 _MARKER = re.compile(r"\[(\d+)\]")  # checked answers carry only [n] markers (rag.citations)
+ECHO_CHARS = 300  # a question longer than this is echoed in the chat cut short, with its length
 
 
 def anchor(turn: int, n: int) -> str:
@@ -43,8 +45,25 @@ def _inline(text: str, turn: int) -> str:
     )
 
 
-def answer_html(text: str, turn: int) -> str:
-    """An answer (or the part streamed so far) as HTML: paragraphs, bullet lists, linked markers."""
+def _item(line: str, turn: int, titles: Sequence[str]) -> str:
+    """A list line: "Title: quote [n]" with the title set apart above its quote."""
+    for title in sorted(titles, key=len, reverse=True):  # "A: B" before a title that is "A"
+        shown = defuse_markers(title)  # as the answer writes a title (rag.answer)
+        if line.startswith(shown) and line[len(shown) :].lstrip().startswith(":"):
+            quote = line[len(shown) :].lstrip()[1:].strip()
+            return (
+                f'<li><span class="rag-item-title">{escape(shown)}'
+                '<span class="rag-item-sep">: </span></span>'
+                f'<span class="rag-item-quote">{_inline(quote, turn)}</span></li>'
+            )
+    return f"<li>{_inline(line, turn)}</li>"
+
+
+def answer_html(text: str, turn: int, titles: Sequence[str] = ()) -> str:
+    """An answer (or the part streamed so far) as HTML: paragraphs, bullet lists, linked markers.
+
+    ``titles``, the papers the answer may name, set a list line's title apart from its quote.
+    """
     out: list[str] = []
     in_list = False
     for line in text.strip().split("\n"):
@@ -55,7 +74,7 @@ def answer_html(text: str, turn: int) -> str:
             out.append("</ul>")
         in_list = bool(bullet)
         if bullet:
-            out.append(f"<li>{_inline(line[bullet.end() :], turn)}</li>")
+            out.append(_item(line[bullet.end() :], turn, titles))
         elif line.strip():
             out.append(f"<p>{_inline(line.strip(), turn)}</p>")
     if in_list:
@@ -71,6 +90,13 @@ def notice_html(message: str) -> str:
 def text_html(text: str) -> str:
     """Plain text (e.g. the user's question) as HTML."""
     return f"<p>{escape(text)}</p>"
+
+
+def question_html(question: str) -> str:
+    """The user's question as the chat echoes it: a very long one cut short, with its length."""
+    if len(question) <= ECHO_CHARS:
+        return text_html(question)
+    return text_html(f"{question[: ECHO_CHARS - 20].rstrip()}… ({len(question):,} characters)")
 
 
 def supporting_spans(answer: str, n: int, title: str, abstract: str) -> list[tuple[int, int]]:
@@ -125,8 +151,21 @@ def _score(retrieved: Retrieved, rank: int, total: int) -> str:
     )
 
 
-def sources_html(result: AskResult, turn: int) -> str:
-    """The sources of one answer: each cited paper numbered as cited, then the others retrieved."""
+def judge_button(turn: int, kind: str, judged: Mapping[str, str], paper: str = "") -> str:
+    """The button that records a judgement, or what was recorded (``judged``: key -> kind)."""
+    key = paper or "answer"
+    if key in judged:
+        return f'<span class="rag-judged">✓ recorded: {escape(KINDS[judged[key]])}</span>'
+    return (
+        f'<button type="button" class="rag-judge" data-turn="{turn}" data-kind="{kind}" '
+        f'data-paper="{escape(paper)}">{escape(KINDS[kind])}</button>'
+    )
+
+
+def sources_html(result: AskResult, turn: int, judged: Mapping[str, str] | None = None) -> str:
+    """The sources of one answer: each cited paper numbered as cited, then the others retrieved,
+    each with the button that judges it (``judged``: what was judged already, by paper id)."""
+    judged = judged or {}
     ranks = {r.paper.id: (i, r) for i, r in enumerate(result.retrieved, start=1)}
     total = len(result.retrieved)
     items = []
@@ -137,7 +176,8 @@ def sources_html(result: AskResult, turn: int) -> str:
         items.append(
             f'<li class="rag-source" id="{anchor(turn, c.n)}">'
             f'<div class="rag-head"><span class="rag-n">[{c.n}]</span> '
-            f'<span class="rag-title">{escape(paper.title)}</span></div>'
+            f'<span class="rag-title">{escape(paper.title)}</span> '
+            f"{judge_button(turn, 'wrong', judged, paper.id)}</div>"
             f'<p class="rag-abstract">{highlighted(paper.abstract, spans)}</p>'
             f'<div class="rag-meta">{_score(retrieved, rank, total)} · '
             f"{' · '.join(paper_links(paper.title, paper.url))}</div></li>"
@@ -148,6 +188,13 @@ def sources_html(result: AskResult, turn: int) -> str:
         f'<section class="rag-turn" id="rag-t{turn}">',
         f'<h3 class="rag-question">Sources for “{escape(result.question)}”</h3>',
     ]
+    if result.widened:
+        parts.append(f'<p class="rag-widened">ℹ️ {escape(result.widened)}</p>')
+    if items and not result.abstained:
+        parts.append(
+            f'<p class="rag-judge-answer">Judge this answer: '
+            f"{judge_button(turn, 'declined', judged)}</p>"
+        )
     if items:
         parts.append(f'<ol class="rag-sources">{"".join(items)}</ol>')
     else:
@@ -155,12 +202,15 @@ def sources_html(result: AskResult, turn: int) -> str:
     if others:
         label = "Also retrieved, not cited" if items else "Closest papers retrieved"
         rows = "".join(
-            f'<li><span class="rag-title">{escape(r.paper.title)}</span> {_score(r, i, total)} · '
+            f'<li class="rag-other"><span class="rag-title">{escape(r.paper.title)}</span> '
+            f"{judge_button(turn, 'missing', judged, r.paper.id)} {_score(r, i, total)} · "
             f"{' · '.join(paper_links(r.paper.title, r.paper.url))}</li>"
             for i, r in others
         )
+        # Open again after a re-render when one of them was just judged from inside it.
+        opened = " open" if any(r.paper.id in judged for _, r in others) else ""
         parts.append(
-            f'<details class="rag-others"><summary>{label} ({len(others)})</summary>'
+            f'<details class="rag-others"{opened}><summary>{label} ({len(others)})</summary>'
             f"<ul>{rows}</ul></details>"
         )
     parts.append("</section>")
@@ -198,5 +248,23 @@ CSS = """
 .rag-abstract mark { background: #fde68a; color: #1f2937; padding: 0 1px; }
 .rag-meta, .rag-score, .rag-index { font-size: 0.8rem; color: var(--body-text-color-subdued); }
 .rag-others li { margin: 0.25rem 0; }
-a.rag-cite { font-weight: 600; text-decoration: none; }
+/* Markers are links and look it, whatever the chat's own message styles say. */
+#rag-chat a.rag-cite, #rag-chat a.rag-cite:visited { color: var(--link-text-color, #2563eb) !important;
+  text-decoration: underline !important; text-underline-offset: 2px; cursor: pointer;
+  font-weight: 500; }
+#rag-chat a.rag-cite:hover { color: var(--link-text-color-hover, #1d4ed8) !important; }
+/* A list answer: each paper's title on its own line, its quote below it. */
+#rag-chat li { margin: 0.35rem 0; }
+.rag-item-title { display: block; font-weight: 600; }
+.rag-item-quote { display: block; }
+.rag-item-sep { display: none; } /* the text still reads "Title: quote" when copied */
+.rag-widened { font-size: 0.85rem; color: var(--body-text-color-subdued); margin: 0.25rem 0; }
+button.rag-judge { font-size: 0.75rem; padding: 0 0.4rem; margin-left: 0.25rem; border-radius: 4px;
+  border: 1px solid var(--border-color-primary); background: var(--background-fill-secondary);
+  color: var(--body-text-color-subdued); cursor: pointer; }
+button.rag-judge:hover { border-color: var(--color-accent); color: var(--body-text-color); }
+button.rag-judge:disabled { opacity: 0.5; cursor: wait; }
+.rag-judged { font-size: 0.75rem; color: var(--color-accent); margin-left: 0.25rem; }
+.rag-offline { font-size: 0.85rem; color: var(--body-text-color-subdued); margin: 0; }
+.rag-judge-answer { font-size: 0.8rem; margin: 0.25rem 0 0.5rem; }
 """

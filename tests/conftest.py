@@ -36,7 +36,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-screenshot",
         action="store_true",
-        help="Also save the browser test's screenshot of the Hopper answer as docs/screenshot.png.",
+        help="Also save the browser tests' screenshots (Hopper, list and judged answers) in docs/.",
     )
 
 
@@ -47,8 +47,11 @@ def make_settings(index_dir: Path, **overrides: object) -> Settings:
 
 @pytest.fixture(scope="session")
 def embedder():
-    """The real default embedder, shared (its model loads once)."""
-    return load_embedder(make_settings(Path("/nonexistent-index-dir-for-hash-cache")))
+    """The real default embedder, shared (its model loads once). Its question graph is exported
+    now if this machine has none yet, so no test's `rag` subprocess does it (and says so)."""
+    embedder = load_embedder(make_settings(Path("/nonexistent-index-dir-for-hash-cache")))
+    embedder.embed_query("warm up")
+    return embedder
 
 
 @pytest.fixture(scope="session")

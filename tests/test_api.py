@@ -34,7 +34,7 @@ def test_import_is_light() -> None:
 
 
 def test_asking_imports_neither_torch_nor_gradio(built_index: Path) -> None:
-    """`rag ask` embeds the question with numpy: torch would cost ~9 s per cold start (and
+    """`rag ask` embeds the question on onnxruntime: torch would cost ~9 s per cold start (and
     gradio, which only `rag chat` needs, ~4 s)."""
     code = (
         "import sys, json; from rag.cli import cli; "

@@ -15,6 +15,7 @@ from tests.conftest import cli_env, run_cli
 ASK_KEYS = {
     "question", "answer", "abstained", "citations", "retrieved", "intent", "model", "timings_ms",
     "invalid_citations", "uncited_sentences", "truncated", "echoed_sentences", "prompt", "lexical",
+    "widened",
 }  # fmt: skip
 MARKER = re.compile(r"\[(\d+(?:\s*[-–,]\s*\d+)*)\]")
 

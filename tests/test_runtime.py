@@ -1,5 +1,5 @@
 """The embedding runtime: chosen for the CPU at hand, recorded by the index, and its document
-vectors agreeing with the question path's (numpy float32)."""
+vectors agreeing with the question path's (onnxruntime float32)."""
 
 from __future__ import annotations
 
@@ -67,12 +67,12 @@ def test_this_machines_choice_is_named(embedder: SentenceTransformerEmbedder) ->
 def test_document_vectors_of_every_runtime_agree_with_the_question_path(
     corpus: list[Paper], built_index: Path
 ) -> None:
-    """Questions are embedded by numpy in float32: a document's vector from either torch runtime
-    must point the same way (the same text, embedded both ways)."""
+    """Questions are embedded by onnxruntime in float32: a document's vector from either torch
+    runtime must point the same way (the same text, embedded both ways)."""
     settings = make_settings(built_index)
     texts = [f"{p.title} {p.abstract}" for p in corpus[::5]]
-    numpy_path = load_embedder(settings)
-    questions = np.stack([numpy_path.embed_query(t) for t in texts])
+    question_path = load_embedder(settings)
+    questions = np.stack([question_path.embed_query(t) for t in texts])
     for choice in ("fp32", "bf16"):
         documents = load_embedder(settings.model_copy(update={"embed_runtime": choice}))
         cosine = (documents.embed_documents(texts) * questions).sum(1)

@@ -283,20 +283,33 @@ def client(url: str, **kwargs: Any) -> Client:
     return Client(url, verbose=False, download_files=False, analytics_enabled=False, **kwargs)
 
 
-def test_the_app_streams_the_answer_and_its_sources(app_url: str, rag: Rag) -> None:
-    job = client(app_url).submit(HOPPER, 8, OFFLINE, api_name="/chat")
-    messages, panel = job.result(timeout=120)
-    updates = job.outputs()
-    answers = ["\n".join(lines(content(m[-1]))) for m, _ in updates]
-    assert len(updates) >= 4  # the question, streamed pieces, the final answer with its sources
-    assert answers[0] == "Searching the papers…"
-    for before, after in pairwise(answers[1:]):
-        assert after.startswith(before)
+def without_timings(out: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in out.items() if k != "timings_ms"}
 
-    expected_messages, expected_panel, _ = drive(Chat(rag), HOPPER)[-1]
-    assert [content(m) for m in messages] == [content(m) for m in expected_messages]
-    assert panel == expected_panel
-    check_sources(panel, rag.ask(HOPPER, 8, model=OFFLINE))
+
+def test_chat_streams_text_then_structured_sources_to_api_clients(app_url: str, rag: Rag) -> None:
+    job = client(app_url).submit(HOPPER, 8, OFFLINE, api_name="/chat")
+    final = job.result(timeout=120)
+    updates = job.outputs()
+    assert len(updates) >= 3 and all(not u["done"] for u in updates[:-1])
+    texts = [u["answer"] for u in updates[:-1]]
+    for before, after in pairwise(texts):
+        assert after.startswith(before)  # plain text, growing
+    assert all("<" not in t for t in texts)  # no HTML for API clients
+    expected = rag.ask(HOPPER, 8, model=OFFLINE)
+    assert final["done"] is True and final["notes"] == expected.notes()
+    assert without_timings(final) == without_timings(
+        {**expected.to_dict(), "notes": expected.notes(), "done": True}
+    )
+    assert texts[-1].strip() == final["answer"]  # the checked answer is the streamed text
+
+
+def test_only_public_endpoints_are_listed(app_url: str) -> None:
+    info = client(app_url).view_api(print_info=False, return_format="dict")
+    assert sorted(info["named_endpoints"]) == ["/ask", "/chat"]
+    assert info["unnamed_endpoints"] == {}
+    params = [p["parameter_name"] for p in info["named_endpoints"]["/chat"]["parameters"]]
+    assert params == ["question", "k", "model"]
 
 
 def test_ask_returns_the_cli_json_object(app_url: str, built_index: Path) -> None:
@@ -332,10 +345,10 @@ def test_ask_takes_only_the_models_the_page_offers(built_index: Path, embedder) 
                     app.predict(HOPPER, 3, name, api_name="/ask")
             with pytest.raises(AppError, match="k must be a whole number between 1 and 100"):
                 app.predict(HOPPER, 1.5, OFFLINE, api_name="/ask")
-            with pytest.raises(AppError, match=r"'gpt-4o'.* is not in the list of choices"):
-                app.predict(HOPPER, 3, "gpt-4o", api_name="/chat")  # the page's own choices
-            messages, _ = app.predict(HOPPER, 1.5, OFFLINE, api_name="/chat")
-            assert "k must be a whole number" in content(messages[-1])  # said in the chat
+            with pytest.raises(AppError, match="no model 'gpt-4o' here: choose one of"):
+                app.predict(HOPPER, 3, "gpt-4o", api_name="/chat")
+            with pytest.raises(AppError, match="k must be a whole number between 1 and 100"):
+                app.predict(HOPPER, 1.5, OFFLINE, api_name="/chat")
             assert server.chat_requests() == []  # no refused name reached the endpoint
     finally:
         server.close()
@@ -358,11 +371,11 @@ def test_follow_ups_belong_to_their_session(app_url: str, rag: Rag) -> None:
     second = rag.ask(HOPPER, 8, model=OFFLINE).citations[1]
     alice, bob = client(app_url), client(app_url)
     alice.predict(HOPPER, 8, OFFLINE, api_name="/chat")
-    _, alice_panel = alice.predict(FOLLOW_UP, 8, OFFLINE, api_name="/chat")
-    _, bob_panel = bob.predict(FOLLOW_UP, 8, OFFLINE, api_name="/chat")
-    assert second.title in cited_titles(alice_panel, turn=2)  # "the second one" of her chat
-    assert 'id="rag-t1"' in bob_panel and 'id="rag-t2"' not in bob_panel
-    assert second.title not in cited_titles(bob_panel, turn=1)  # his chat has no second one
+    hers = alice.predict(FOLLOW_UP, 8, OFFLINE, api_name="/chat")
+    his = bob.predict(FOLLOW_UP, 8, OFFLINE, api_name="/chat")
+    assert [c["title"] for c in hers["citations"]] == [second.title]  # her "second one"
+    assert hers["answer"].startswith(f"On “{second.title}” [1]: ")  # named, not left to guess
+    assert second.title not in [c["title"] for c in his["citations"]]  # his chat has none
 
 
 def test_an_llm_failure_is_shown_and_the_app_keeps_answering(built_index: Path, embedder) -> None:
@@ -374,14 +387,12 @@ def test_an_llm_failure_is_shown_and_the_app_keeps_answering(built_index: Path, 
         with serve_app(Rag(settings, embedder=embedder)) as url:
             app = client(url)
             server.enqueue(Status(500))
-            messages, _ = app.predict(HOPPER, 8, "fake-model", api_name="/chat")
-            assert "⚠️ the LLM at" in content(messages[-1])
-            assert "HTTP 500" in content(messages[-1])
-            messages, panel = app.predict(HOPPER, 8, "fake-model", api_name="/chat")
+            with pytest.raises(AppError, match=r"the LLM at .*HTTP 500 \(1 try\)"):
+                app.predict(HOPPER, 8, "fake-model", api_name="/chat")
+            answered = app.predict(HOPPER, 8, "fake-model", api_name="/chat")
     finally:
         server.close()
-    assert len(messages) == 4 and "rag-notice" not in content(messages[-1])
-    assert 'href="#rag-t2-s1"' in content(messages[-1]) and 'id="rag-t2-s2"' in panel
+    assert answered["model"] == "fake-model" and len(answered["citations"]) >= 2
 
 
 class SlowModel(ScriptedChatModel):
@@ -403,13 +414,12 @@ def test_one_users_generation_does_not_hold_up_another(built_index: Path, embedd
         waiting = client(url).submit(HOPPER, 8, "slow", api_name="/chat")
         try:
             assert slow.entered.wait(timeout=120)  # the slow answer is being generated...
-            messages, panel = client(url).predict(HOPPER, 8, OFFLINE, api_name="/chat")
-            assert 'id="rag-t1-s1"' in panel  # ...and another user got theirs meanwhile
+            other = client(url).predict(HOPPER, 8, OFFLINE, api_name="/chat")
+            assert other["citations"]  # ...and another user got theirs meanwhile
             assert not waiting.done()
         finally:
             slow.gate.set()
-        messages, _ = waiting.result(timeout=120)
-    assert lines(content(messages[-1])) == ["A slow answer [1]."]
+        assert waiting.result(timeout=120)["answer"] == "A slow answer [1]."
 
 
 def test_the_queue_is_bounded(built_index: Path, embedder) -> None:

@@ -1,10 +1,11 @@
-"""Benchmark the core paths against the targets of issue 2, on this machine, in one run.
+"""Benchmark the core paths against their targets (issues 2 and 14), on this machine, in one run.
 
     python bench/bench.py [--questions 60] [--json out.json]
 
-Measures, on a fresh index in a temp dir:
+Measures, on a fresh index in a temp dir and a fresh cache (XDG_CACHE_HOME), as on a new machine:
   first ingest      `rag ingest --json` of the bundled corpus (wall time of the command, and the
-                    "seconds" it reports for the ingest itself)
+                    "seconds" it reports for the ingest itself); it includes the one-time export
+                    of the question graph (rag.graph)
   no-op re-ingest   the same command again (must embed 0)
   warm ask          in-process `Rag.ask` latency over >= 50 questions, p50/p95
   cold ask          wall time of `rag ask --json ...` (a new process), median of 5, next to the
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = {"first_ingest_s": 25.0, "noop_ingest_s": 3.0, "warm_p50_ms": 50.0, "cold_ratio": 0.6}
+TARGETS = {"first_ingest_s": 25.0, "noop_ingest_s": 3.0, "warm_p50_ms": 50.0, "cold_ratio": 0.2}
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -73,7 +74,8 @@ def main() -> None:
 
     index_dir = Path(tempfile.mkdtemp(prefix="rag-bench-")) / ".rag"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "OPENAI_"))}
-    env.update(RAG_INDEX_DIR=str(index_dir), HF_HUB_OFFLINE="1")
+    cache = index_dir.parent / "cache"
+    env.update(RAG_INDEX_DIR=str(index_dir), HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(cache))
     rag_cmd = [sys.executable, "-m", "rag"]
 
     first_wall, first = timed([*rag_cmd, "ingest", "--json"], env)
@@ -86,7 +88,7 @@ def main() -> None:
     from rag.pipeline import Rag
     from rag.settings import Settings
 
-    rag = Rag(Settings(_env_file=None, index_dir=index_dir))  # type: ignore[call-arg]
+    rag = Rag(Settings(_env_file=None, index_dir=index_dir, cache_dir=cache / "rag-papers"))  # type: ignore[call-arg]
     qs = questions(args.questions)
     for q in qs[:3]:
         rag.ask(q)  # warm-up: load the query encoder and BM25 once

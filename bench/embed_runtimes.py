@@ -43,6 +43,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 BATCH = 32
+RUNTIME_NAMES = {  # candidate: its rag.runtime.Runtime.name, for those `auto` can choose
+    "torch-fp32": "torch-cpu-float32",
+    "torch-bf16": "torch-cpu-bfloat16",
+    "openvino-fp32": "openvino-cpu-float32",
+    "openvino-bf16": "openvino-cpu-bfloat16",
+}
 SCORED = {  # metric name in the table: its path in metrics.json
     "recall@20": ("by_type", "list", "recall@20"),
     "list F1": ("by_type", "list", "citation_f1"),
@@ -315,11 +321,8 @@ def main() -> None:
         "threads": args.threads,
         "gold": [Path(g).name for g in args.gold],
         "tolerance": TOLERANCE,
-        # keyed as rag.runtime.Runtime.name for the torch ones `auto` can choose
-        "runtimes": {
-            {"torch-fp32": "torch-cpu-float32", "torch-bf16": "torch-cpu-bfloat16"}.get(n, n): r
-            for n, r in rows.items()
-        },
+        # keyed as rag.runtime.Runtime.name for the ones `auto` can choose
+        "runtimes": {RUNTIME_NAMES.get(n, n): r for n, r in rows.items()},
     }
     if args.write:
         (REPO / "rag" / "data" / "runtimes.json").write_text(json.dumps(record, indent=2) + "\n")

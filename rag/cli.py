@@ -246,7 +246,8 @@ def chat(host: str, port: int, share: bool) -> None:
             click.echo(f"Public link: {share_url}")
         elif share:
             click.echo("warning: no public link could be made (is there internet?)", err=True)
-        app.block_thread()
+        app.block_thread()  # until Ctrl-C, which closes only the HTTP server...
+        app.close(verbose=False)  # ...so also the queue, its workers and the heartbeat streams
 
 
 @cli.command("eval")

@@ -32,7 +32,7 @@ def run_checks(settings: Settings) -> list[Check]:
         runtime = getattr(embedder, "runtime", None)
         if runtime is not None:
             detail += (
-                f"; documents: torch {runtime.dtype} on {runtime.device} ({runtime.reason}); "
+                f"; documents: {runtime.engine} {runtime.dtype} on {runtime.device} ({runtime.reason}); "
                 f"questions: {embedder.question_path()}"
             )
         checks.append(Check("embedder", True, detail))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from rag.errors import EmbedderError
-from rag.runtime import FAMILY, Choice, Runtime, choose, cpu_flags, measured
+from rag.runtime import FAMILY, Choice, Runtime, choose, cpu_flags, engines, measured
 from rag.settings import DEFAULT_EMBED_MODEL, Settings
 
 if TYPE_CHECKING:
@@ -198,19 +198,21 @@ class SentenceTransformerEmbedder:
 
     @cached_property
     def runtime(self) -> Runtime:
-        """How documents are embedded here (imports torch, to ask it for a GPU)."""
-        import torch
-
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return choose(self.runtime_choice, device, cpu_flags(), measured())
+        """How documents are embedded here (``rag.runtime.choose``). OpenVINO runs the exported
+        graph, so it is a candidate only for a model whose graph can be exported."""
+        device = self.device or _default_device()
+        installed = engines() if self._questions is not None else frozenset({"torch"})
+        return choose(self.runtime_choice, device, cpu_flags(), measured(), installed)
 
     @cached_property
     def _model(self) -> Any:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        runtime = self.runtime
+        if runtime.engine == "openvino":
+            return self._openvino(runtime)
         import torch
         from sentence_transformers import SentenceTransformer
 
-        runtime = self.runtime
         try:
             model = SentenceTransformer(
                 str(self.model_dir), device=runtime.device, local_files_only=True
@@ -224,6 +226,40 @@ class SentenceTransformerEmbedder:
         if runtime.dtype != "float32":
             model = model.to(getattr(torch, runtime.dtype))
         return model
+
+    def _openvino(self, runtime: Runtime) -> Any:
+        """The exported graph compiled by OpenVINO (no torch, once the graph is exported)."""
+        import openvino as ov
+
+        core = ov.Core()
+        precision = (
+            "bf16" if runtime.dtype == "bfloat16" else "f32"
+        )  # its default is bf16 where native
+        try:
+            return core.compile_model(
+                core.read_model(self._graph()), "CPU", {"INFERENCE_PRECISION_HINT": precision}
+            )
+        except Exception as exc:  # noqa: BLE001 - OpenVINO's own errors: one line, what to do
+            raise EmbedderError(
+                f"OpenVINO cannot run the exported graph ({str(exc).splitlines()[0][:160]}); set "
+                "RAG_EMBED_RUNTIME=bf16 or fp32 to embed with PyTorch"
+            ) from None
+
+    @cached_property
+    def _padded(self) -> Any:
+        """The tokenizer for a batch of documents: truncated to ``max_tokens``, padded."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        tokenizer.enable_truncation(self.max_tokens)
+        tokenizer.enable_padding()
+        return tokenizer
+
+    def _compiled_batch(self, batch: list[str]) -> np.ndarray:
+        rows = self._padded.encode_batch(batch)
+        ids = np.array([r.ids for r in rows], dtype=np.int64)
+        mask = np.array([r.attention_mask for r in rows], dtype=np.int64)
+        return np.asarray(self._model({"input_ids": ids, "attention_mask": mask})[0])
 
     @cached_property
     def dim(self) -> int:  # type: ignore[override]
@@ -249,9 +285,15 @@ class SentenceTransformerEmbedder:
         rows = []
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
-            vectors = self._model.encode(
-                batch, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
-            )
+            if self.runtime.engine == "openvino":
+                vectors = self._compiled_batch(batch)
+            else:
+                vectors = self._model.encode(
+                    batch,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                )
             rows.append(_units(np.asarray(vectors, dtype=np.float32)))  # bf16 is not unit in fp32
             if progress is not None:
                 progress(len(batch))
@@ -324,6 +366,16 @@ def load_embedder(settings: Settings) -> Embedder:
         runtime=settings.embed_runtime,
         cache_dir=settings.cache_dir,
     )
+
+
+def _default_device() -> str:
+    """cuda when torch sees a GPU, else cpu. Without an NVIDIA driver torch could only answer
+    cpu, and importing it costs seconds an OpenVINO ingest need not pay."""
+    if not (Path("/proc/driver/nvidia").exists() or Path("/dev/nvidia0").exists()):
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _note(message: str) -> None:

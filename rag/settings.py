@@ -58,11 +58,11 @@ class Settings(BaseSettings):
         None,
         description="torch device for ingest embedding (default: cuda when available, else cpu).",
     )
-    embed_runtime: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+    embed_runtime: Literal["auto", "fp32", "bf16", "fp16", "openvino"] = Field(
         "auto",
-        description="How documents are embedded: 'auto' (float16 on a GPU, bfloat16 on a CPU with "
-        "native bf16 where the benchmark kept eval/ within 0.005 of float32, else float32), or "
-        "fp32, bf16, fp16.",
+        description="How documents are embedded: 'auto' (float16 on a GPU; on a CPU the fastest "
+        "installed candidate the benchmark kept within 0.005 of float32 on eval/: OpenVINO or "
+        "PyTorch, bfloat16 where native; else float32), or fp32, bf16, fp16 (PyTorch), openvino.",
     )
     chunk_overlap: int = Field(
         48, ge=0, le=128, description="Tokens of trailing context repeated at a chunk's start."

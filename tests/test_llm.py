@@ -612,3 +612,17 @@ def test_doctor_reports_the_window_and_what_a_list_question_sends(
     detail = json.loads(done.stdout)["llm"]["detail"]
     assert "context window 2048 tokens (llama.cpp /props)" in detail
     assert re.search(r"a list question sends \d+ of 30 sources", detail)
+
+
+def test_an_endpoint_that_names_no_model_and_is_down_is_said_once(tmp_path: Path) -> None:
+    """The model's name is asked of the endpoint inside the request: its failure is already
+    explained, and must not come back wrapped ("failed: LLMError: cannot connect ...")."""
+    from rag.llm import OpenAIChatModel
+
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    llm = OpenAIChatModel(make_settings(tmp_path, openai_base_url=url, llm_retries=0))
+    with pytest.raises(LLMError) as raised:
+        llm.complete([{"role": "user", "content": "hello"}], 8)
+    said = str(raised.value)
+    assert said.startswith(f"cannot connect to the LLM at {url} (1 try)"), said
+    assert "LLMError" not in said and "failed" not in said

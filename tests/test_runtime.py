@@ -12,13 +12,22 @@ import pytest
 
 from rag.corpus import Paper
 from rag.embedding import SentenceTransformerEmbedder, load_embedder
-from rag.errors import ModelMismatchError
+from rag.errors import EmbedderError, ModelMismatchError
 from rag.pipeline import Rag
-from rag.runtime import TOLERANCE, choose, cpu_flags, measured, native_bf16
+from rag.runtime import TOLERANCE, choose, cpu_flags, engines, measured, native_bf16
 from tests.conftest import cli_env, make_settings, run_cli
 
-WITHIN = {"torch-cpu-bfloat16": {"within": True}}
-OUTSIDE = {"torch-cpu-bfloat16": {"within": False}}
+WITHIN = {
+    "torch-cpu-float32": {"seconds": 40.0, "within": True},
+    "torch-cpu-bfloat16": {"seconds": 21.0, "within": True},
+}
+OUTSIDE = {**WITHIN, "torch-cpu-bfloat16": {"seconds": 21.0, "within": False}}
+OPENVINO = {
+    **WITHIN,
+    "openvino-cpu-float32": {"seconds": 36.0, "within": True},
+    "openvino-cpu-bfloat16": {"seconds": 17.0, "within": True},
+}
+BOTH = frozenset({"torch", "openvino"})
 
 
 @pytest.mark.parametrize(
@@ -41,6 +50,37 @@ def test_auto_takes_bf16_only_where_it_is_native_and_was_measured_within_toleran
     assert says in runtime.reason
 
 
+@pytest.mark.parametrize(
+    ("flags", "verdicts", "installed", "name"),
+    [
+        ({"avx512_bf16"}, OPENVINO, BOTH, "openvino-cpu-bfloat16"),  # the fastest within
+        ({"avx512_bf16"}, OPENVINO, frozenset({"torch"}), "torch-cpu-bfloat16"),  # not installed
+        (  # OpenVINO bf16 faster, but outside the tolerance
+            {"avx512_bf16"},
+            {**OPENVINO, "openvino-cpu-bfloat16": {"seconds": 9.0, "within": False}},
+            BOTH,
+            "torch-cpu-bfloat16",
+        ),
+        ({"avx2"}, OPENVINO, BOTH, "openvino-cpu-float32"),  # no native bf16: fp32 engines only
+        ({"avx2"}, WITHIN, BOTH, "torch-cpu-float32"),  # OpenVINO never measured: not chosen
+    ],
+)
+def test_auto_takes_the_fastest_installed_candidate_within_tolerance(
+    flags: set[str], verdicts: dict, installed: frozenset[str], name: str
+) -> None:
+    runtime = choose("auto", "cpu", frozenset(flags), verdicts, installed)
+    assert runtime.name == name
+    if runtime.engine == "openvino":
+        assert "the fastest candidate installed here" in runtime.reason
+
+
+def test_openvino_asked_for_but_not_installed_says_how_to_install() -> None:
+    with pytest.raises(EmbedderError, match=r"pip install 'rag-papers\[openvino\]'"):
+        choose("openvino", "cpu", frozenset(), WITHIN, frozenset({"torch"}))
+    chosen = choose("openvino", "cpu", frozenset({"amx_bf16"}), WITHIN, BOTH)
+    assert (chosen.engine, chosen.dtype) == ("openvino", "bfloat16")
+
+
 def test_an_explicit_runtime_is_honoured_and_emulation_is_said() -> None:
     assert choose("fp32", "cpu", frozenset({"amx_bf16"}), WITHIN).dtype == "float32"
     emulated = choose("bf16", "cpu", frozenset({"avx2"}), WITHIN)
@@ -57,11 +97,12 @@ def test_the_shipped_verdicts_come_from_the_benchmark() -> None:
 
 
 def test_this_machines_choice_is_named(embedder: SentenceTransformerEmbedder) -> None:
-    runtime = embedder.runtime
-    flag = native_bf16(cpu_flags())
-    within = measured().get("torch-cpu-bfloat16", {}).get("within")
-    assert runtime.dtype == ("bfloat16" if flag and within else "float32")
-    assert runtime.name == f"torch-cpu-{runtime.dtype}"
+    """The fastest candidate installed and native here that the shipped verdicts call within."""
+    verdicts, flag = measured(), native_bf16(cpu_flags())
+    dtypes = ["float32", "bfloat16"] if flag else ["float32"]
+    names = [f"{engine}-cpu-{dtype}" for engine in sorted(engines()) for dtype in dtypes]
+    within = [n for n in names if verdicts[n]["within"]]
+    assert embedder.runtime.name == min(within, key=lambda n: verdicts[n]["seconds"])
 
 
 def test_document_vectors_of_every_runtime_agree_with_the_question_path(
@@ -73,7 +114,7 @@ def test_document_vectors_of_every_runtime_agree_with_the_question_path(
     texts = [f"{p.title} {p.abstract}" for p in corpus[::5]]
     question_path = load_embedder(settings)
     questions = np.stack([question_path.embed_query(t) for t in texts])
-    for choice in ("fp32", "bf16"):
+    for choice in ("fp32", "bf16", "openvino"):
         documents = load_embedder(settings.model_copy(update={"embed_runtime": choice}))
         cosine = (documents.embed_documents(texts) * questions).sum(1)
         assert cosine.min() >= 0.999, (choice, float(cosine.min()))
@@ -86,7 +127,7 @@ def test_an_index_of_another_vector_family_is_refused_with_the_rebuild_command(
     rag = Rag(make_settings(index_dir), embedder=embedder)
     rag.index.ingest(corpus[:5])
     meta = rag.index.collection().metadata
-    assert meta["embed_family"] == "float" and meta["embed_runtime"].startswith("torch-cpu-")
+    assert meta["embed_family"] == "float" and meta["embed_runtime"] == embedder.runtime.name
     rag.index.close()
     client = chromadb.PersistentClient(
         path=str(index_dir), settings=chromadb.Settings(anonymized_telemetry=False)

@@ -484,6 +484,9 @@ def test_rag_chat_serves_the_app_on_localhost(built_index: Path, tmp_path: Path)
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
+            # Ctrl-C as in a terminal: a test run started in the background of a script has
+            # SIGINT ignored, which its children would inherit, and Python then never sees it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         printed: queue.Queue[str] = queue.Queue()
         reader = threading.Thread(target=lambda: [printed.put(x) for x in proc.stdout])

@@ -434,6 +434,7 @@ def fit(
     k: int = 8,
     list_k: int = 30,
     embed_fingerprint: str = "",
+    embedded_by: str = "",
 ) -> Policy:
     """The policy ``base`` with its models and thresholds fitted on ``examples``."""
     cv = cross_validate(examples, folds)
@@ -469,6 +470,9 @@ def fit(
         "intent_C": cv.intent_c,
         "intent_vector_weight": cv.vector_weight,
         "selection_C": cv.selection_c,
+        # Runtimes within tolerance on eval/ still move a fitted threshold by a grid step or two:
+        # what embedded the index says which one refitting must use to reproduce this policy.
+        "embed_runtime": embedded_by or None,
         "cross_validated": {
             "intent_accuracy": round(cv.intent_accuracy, 4),
             "selection_log_loss": round(cv.log_loss, 4),
@@ -548,6 +552,7 @@ def run_fit(
         k=rag.settings.top_k,
         list_k=rag.settings.list_k,
         embed_fingerprint=rag.embedder.fingerprint,
+        embedded_by=str(rag.index.stats().get("embed_runtime") or ""),
     )
 
 

@@ -369,9 +369,11 @@ def load_embedder(settings: Settings) -> Embedder:
 
 
 def _default_device() -> str:
-    """cuda when torch sees a GPU, else cpu. Without an NVIDIA driver torch could only answer
-    cpu, and importing it costs seconds an OpenVINO ingest need not pay."""
-    if not (Path("/proc/driver/nvidia").exists() or Path("/dev/nvidia0").exists()):
+    """cuda when torch sees a GPU, else cpu. Without a GPU driver (NVIDIA's, or ROCm's, which
+    torch also calls cuda) torch could only answer cpu, and importing it costs seconds an
+    OpenVINO ingest need not pay."""
+    drivers = ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/kfd")
+    if not any(Path(p).exists() for p in drivers):
         return "cpu"
     import torch
 

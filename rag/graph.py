@@ -201,7 +201,9 @@ class QuestionEncoder:
         """Begin loading in the background (idempotent); ``encode`` waits for it."""
         with self._lock:
             if self._thread is None and self._session is None:
-                self._thread = threading.Thread(target=self._load, daemon=True, name="rag-query")
+                # Not a daemon: a process that exits (a bad question, say) while onnxruntime builds
+                # the session would abort in its C++ destructors; exit waits for it (< 0.5 s).
+                self._thread = threading.Thread(target=self._load, name="rag-query")
                 self._thread.start()
 
     def _load(self) -> None:

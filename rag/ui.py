@@ -76,8 +76,9 @@ AFTER_ANSWER_JS = """() => {
       wrap.scrollTop += last.getBoundingClientRect().top - wrap.getBoundingClientRect().top - 12;
     }
     // The chat scrolls itself to the bottom once it has rendered the last update, which may be
-    // a few frames from now: hold the answer's start in view until then (about a third of a s).
-    if (++frames < 20) requestAnimationFrame(top);
+    // a few frames from now, more on a busy machine: hold the answer's start in view meanwhile
+    // (120 frames, about 2 s).
+    if (++frames < 120) requestAnimationFrame(top);
   };
   top();
 }"""

@@ -45,7 +45,7 @@ from rag.settings import Settings  # noqa: E402
 
 SYLLABLES = ("ka", "lo", "mi", "nu", "pe", "ro", "si", "tu", "va", "ze", "bo", "di", "fa", "gu")
 READ_BATCH = 500  # ids per audit read: a failure is then narrowed down to single ids
-BATCH = "32"  # chunks per stored group: progress lines (and kill points) come often
+BATCH = "16"  # papers per stored batch: progress lines (and kill points) come often
 
 
 @dataclass
@@ -100,7 +100,7 @@ def environment(index_dir: Path) -> dict[str, str]:
     env.update(
         RAG_INDEX_DIR=str(index_dir),
         RAG_EMBED_MODEL="hash",
-        RAG_EMBED_BATCH_SIZE=BATCH,
+        RAG_INGEST_BATCH=BATCH,
         HF_HUB_OFFLINE="1",
     )
     return env
@@ -137,7 +137,7 @@ def indexed(root: Path, papers: list[dict[str, str]]) -> tuple[Outcome, Path, di
 def ingesting(
     *args: str, env: dict[str, str], after: int = 1, pause: bool = False
 ) -> Iterator[subprocess.Popen]:
-    """A `rag ingest ARGS` process, yielded once it has stored ``after`` groups of chunks (so it
+    """A `rag ingest ARGS` process, yielded once it has stored ``after`` batches of papers (so it
     holds the lock and is mid-write), stopped there (SIGSTOP) if ``pause`` until ``finish``;
     killed on the way out if still running."""
     proc = subprocess.Popen(
@@ -153,7 +153,7 @@ def ingesting(
     try:
         stored = 0
         for line in proc.stderr:
-            stored += line.startswith("embedded ")
+            stored += line.startswith("stored ")
             if stored >= after:
                 break
         else:
@@ -202,8 +202,8 @@ def audit(
                         col.get(ids=[one], include=["embeddings"])
                     except Exception:  # noqa: BLE001
                         outcome.unreadable += 1
-        lexical = rag.index.bm25()
-        outcome.missing_lexical += len(set(ids) - set(lexical.chunk_ids))
+        lexical = rag.index.lexicon()
+        outcome.missing_lexical += len(set(ids) - lexical.chunk_ids())
         if rag.index.lexical_note and not settings:  # one machine: the saved index is complete
             outcome.failures.append(f"the lexical index lags: {rag.index.lexical_note}")
         search = Retriever(rag.index, "bm25")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,18 +65,24 @@ def make_rag() -> Any:
 
 
 def progress_printer() -> Callable[[int, int], None]:
-    """A progress bar when stderr is a terminal, else one line per stored group (for logs)."""
+    """Ingest progress on stderr: papers stored, papers/s and the time left; a bar rewritten in
+    place at a terminal, else one line per stored batch (for logs)."""
     tty = sys.stderr.isatty()
+    started = time.monotonic()
 
     def show(done: int, total: int) -> None:
+        elapsed = max(time.monotonic() - started, 1e-9)
+        rate = done / elapsed
+        left = (total - done) / rate if rate > 0 else 0.0
+        eta = time.strftime("%H:%M:%S", time.gmtime(left))
+        line = f"{done}/{total} papers, {rate:,.0f} papers/s, {eta} left"
         if tty:
-            filled = int(30 * done / max(total, 1))
-            bar = "#" * filled + "-" * (30 - filled)
+            bar = "#" * int(30 * done / max(total, 1))
             end = "\n" if done >= total else ""
-            click.echo(f"\rembedding [{bar}] {done}/{total} chunks", err=True, nl=False)
+            click.echo(f"\ringest [{bar:-<30}] {line}", err=True, nl=False)
             click.echo(end, err=True, nl=False)
         else:
-            click.echo(f"embedded {done}/{total} chunks", err=True)
+            click.echo(f"stored {line}", err=True)
 
     return show
 
@@ -122,6 +129,7 @@ def ingest(paths: tuple[Path, ...], as_json: bool, rebuild: bool) -> None:
         "duplicates": stats.duplicates,
         "truncated": stats.truncated,
         "seconds": stats.seconds,
+        "phases": stats.phases,
     }
     if as_json:
         click.echo(json.dumps(counts))

@@ -2,8 +2,12 @@
 
 Inputs: scraped "trending papers" listing pages (``.txt``: title line, abstract line, repeated, with
 page chrome mixed in), JSON-lines papers and the arXiv metadata snapshot (``.jsonl``/``.json``/
-``.ndjson``, schema detected per line). ``load_paths`` parses everything before it returns, so a bad
-file fails before any index is touched.
+``.ndjson``, schema detected per line).
+
+An ingest reads its files twice, holding only a small entry per paper (``Scan``): the first pass
+checks every line (a bad file fails before any index is touched), merges repeats and gives each
+paper a digest of its content; the second yields the papers that need work, one at a time, so
+memory does not grow with the files (a JSONL file is read line by line).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -126,14 +130,17 @@ def parse_listing(text: str, source: str) -> list[Paper]:
 
 def load_jsonl(path: Path) -> list[Paper]:
     """Load a JSON-lines file of papers (either schema, detected per line); errors name the line."""
-    return _load_jsonl(Path(path), str(path))
+    papers = list(_papers_in(Path(path), str(path)))
+    if not papers:
+        raise CorpusError(str(path), None, "no papers found")
+    return papers
 
 
 def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of a JSONL file; any line that is not a
-    JSON object of valid text raises ``CorpusError`` naming the file and line."""
+    """(line number, object) for each non-blank line of a JSONL file, read line by line; any line
+    that is not a JSON object of valid text raises ``CorpusError`` naming the file and line."""
     where = str(path)
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+    for number, line in _lines(path):
         if not line.strip():
             continue
         try:
@@ -156,13 +163,25 @@ def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield number, record
 
 
-def _load_jsonl(path: Path, label: str) -> list[Paper]:
-    papers = [
-        _paper_from_record(record, label, str(path), number) for number, record in json_lines(path)
-    ]
-    if not papers:
-        raise CorpusError(str(path), None, "no papers found")
-    return papers
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(number, text) of each line of a UTF-8 file, one at a time (a BOM at its start dropped).
+    Lines end at "\\n" only, as ``str.split("\\n")`` would split them."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise CorpusError(str(path), None, "no such file or directory") from None
+    except OSError as exc:
+        raise CorpusError(str(path), None, f"cannot read: {exc.strerror or exc}") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad = raw[exc.start]
+                raise CorpusError(
+                    str(path), number, f"not valid UTF-8 text (byte 0x{bad:02x})"
+                ) from None
+            yield number, (text.removeprefix("\ufeff") if number == 1 else text).removesuffix("\n")
 
 
 def _paper_from_record(record: dict[str, Any], label: str, where: str, number: int) -> Paper:
@@ -234,43 +253,125 @@ def load_paths(paths: Sequence[Path | str]) -> list[Paper]:
 
 
 def load_corpus(paths: Sequence[Path | str]) -> Corpus:
-    """``load_paths``, saying what was dropped: a repeat within one file, or one with another
-    abstract, is reported (a listing page's paper seen again on another page is just merged),
-    and an abstract over ``MAX_ABSTRACT_CHARS`` is cut at a sentence end, reported."""
-    bundled = bundled_corpus_dir().resolve()
-    merged: dict[str, Paper] = {}
-    duplicates: list[str] = []
-    truncated: list[str] = []
-    for file in _expand(paths):
-        # Bundled files are labelled by name so sources do not leak the install location.
-        label = file.name if file.resolve().parent == bundled else str(file)
-        if file.suffix.lower() in LISTING_SUFFIXES:
-            papers = parse_listing(_read_text(file), label)
-            if not papers:
-                raise CorpusError(str(file), None, "no papers found")
-        else:
-            papers = _load_jsonl(file, label)
-        for paper in papers:
-            if len(paper.abstract) > MAX_ABSTRACT_CHARS:
-                paper = replace(paper, abstract=_cut(paper.abstract))
-                truncated.append(
-                    f"{label}: the abstract of {paper.title!r} is over {MAX_ABSTRACT_CHARS:,} "
-                    "characters: cut there"
-                )
-            first = merged.get(paper.id)
+    """``load_paths``, saying what was dropped (``Scan``), all in memory."""
+    scan = Scan.of_paths(paths)
+    return Corpus(list(scan.papers()), scan.duplicates, scan.truncated)
+
+
+def digest(paper: Paper) -> str:
+    """A digest of what a paper's chunks and record are made of (not where it was found)."""
+    fields = [paper.title, paper.abstract, paper.url, list(paper.authors), paper.date]
+    fields.append(list(paper.categories))
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:32]
+
+
+@dataclass(slots=True)
+class Entry:
+    """What a scan keeps of one paper (~200 bytes): enough to skip it, merge its repeats and
+    find its first occurrence again."""
+
+    digest: str
+    gist: int  # of the first abstract: a repeat with another one is reported
+    sources: tuple[str, ...]
+    first: int  # the ordinal of its first occurrence among all the records read
+
+
+class Scan:
+    """The papers of some inputs, read in two passes (see the module's docstring).
+
+    ``entries`` (paper id -> ``Entry``), ``duplicates`` and ``truncated`` are filled by the first
+    pass, in the constructor; ``papers`` is the second. ``Scan.of_papers`` wraps papers already in
+    memory in the same interface."""
+
+    def __init__(self, read: Callable[[bool], Iterator[tuple[str, Paper]]]) -> None:
+        self._read = read  # (label, paper) of every record, in order; True: say what was cut
+        self.entries: dict[str, Entry] = {}
+        self.duplicates: list[str] = []
+        self.truncated: list[str] = []
+        labels: dict[str, tuple[str, ...]] = {}  # one tuple per label, shared by its papers
+        for ordinal, (label, paper) in enumerate(read(True)):
+            first = self.entries.get(paper.id)
             if first is None:
-                merged[paper.id] = paper
+                sources = labels.setdefault(label, (label,))
+                self.entries[paper.id] = Entry(digest(paper), _gist_key(paper), sources, ordinal)
                 continue
-            if label in first.sources or _gist(first.abstract) != _gist(paper.abstract):
+            if label in first.sources or first.gist != _gist_key(paper):
                 where = (
                     "earlier in the file" if label in first.sources else f"in {first.sources[0]}"
                 )
-                duplicates.append(
+                self.duplicates.append(
                     f"{label}: {paper.title!r} is given again ({where}): the first is kept"
                 )
             if label not in first.sources:
-                merged[paper.id] = replace(first, sources=(*first.sources, label))
-    return Corpus(list(merged.values()), duplicates, truncated)
+                first.sources = (*first.sources, label)
+
+    @classmethod
+    def of_paths(cls, paths: Sequence[Path | str]) -> Scan:
+        """Scan files and directories (listing pages, JSONL): raises ``CorpusError`` on the first
+        bad file or line, having read nothing else into memory."""
+        return cls.of_files(input_files(paths))
+
+    @classmethod
+    def of_files(cls, files: Sequence[Path]) -> Scan:
+        """``of_paths`` for the files ``input_files`` found."""
+        bundled = bundled_corpus_dir().resolve()
+        truncated: list[str] = []
+
+        def read(report: bool) -> Iterator[tuple[str, Paper]]:
+            for file in files:
+                # Bundled files are labelled by name so sources do not leak the install location.
+                label = file.name if file.resolve().parent == bundled else str(file)
+                found = False
+                for paper in _papers_in(file, label):
+                    found = True
+                    if len(paper.abstract) > MAX_ABSTRACT_CHARS:
+                        paper = replace(paper, abstract=_cut(paper.abstract))
+                        if report:
+                            truncated.append(
+                                f"{label}: the abstract of {paper.title!r} is over "
+                                f"{MAX_ABSTRACT_CHARS:,} characters: cut there"
+                            )
+                    yield label, paper
+                if not found:
+                    raise CorpusError(str(file), None, "no papers found")
+
+        scan = cls(read)
+        scan.truncated = truncated
+        return scan
+
+    @classmethod
+    def of_papers(cls, papers: Sequence[Paper]) -> Scan:
+        """Papers already parsed (first of an id wins; its sources are as given)."""
+
+        def read(report: bool) -> Iterator[tuple[str, Paper]]:
+            for paper in papers:
+                yield (paper.sources[0] if paper.sources else ""), paper
+
+        scan = cls(read)
+        for paper in reversed(papers):  # the first of an id keeps the sources it was given
+            scan.entries[paper.id].sources = paper.sources
+        return scan
+
+    def papers(self, wanted: Callable[[str], bool] | None = None) -> Iterator[Paper]:
+        """The second pass: each paper once (its first occurrence, with every source it was found
+        in), those ``wanted(id)`` accepts, in input order."""
+        for ordinal, (_, paper) in enumerate(self._read(False)):
+            entry = self.entries[paper.id]
+            if entry.first != ordinal or (wanted is not None and not wanted(paper.id)):
+                continue
+            yield replace(paper, sources=entry.sources)
+
+
+def _papers_in(file: Path, label: str) -> Iterator[Paper]:
+    if file.suffix.lower() in LISTING_SUFFIXES:
+        yield from parse_listing(_read_text(file), label)
+    else:
+        for number, record in json_lines(file):
+            yield _paper_from_record(record, label, str(file), number)
+
+
+def _gist_key(paper: Paper) -> int:
+    return int.from_bytes(hashlib.blake2b(_gist(paper.abstract).encode(), digest_size=8).digest())
 
 
 def _gist(text: str) -> str:
@@ -298,7 +399,19 @@ def load_bundled() -> list[Paper]:
     return load_paths([bundled_corpus_dir()])
 
 
-def _expand(paths: Sequence[Path | str]) -> list[Path]:
+def files_fingerprint(files: Sequence[Path]) -> str:
+    """What identifies these files' contents without reading them: path, size and modification
+    time (as make and rsync judge a file unchanged)."""
+    stats = []
+    for file in files:
+        info = file.stat()
+        stats.append((str(file.resolve()), info.st_size, info.st_mtime_ns))
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
+
+def input_files(paths: Sequence[Path | str]) -> list[Path]:
+    """The corpus files that ``paths`` name (directories listed, sorted); ``CorpusError`` for a
+    path that is missing or of another type."""
     supported = LISTING_SUFFIXES | JSONL_SUFFIXES
     files: list[Path] = []
     for item in paths:

@@ -79,9 +79,10 @@ def _lexical_check(stats: dict[str, Any]) -> Check:
     """The keyword (BM25) index: what it covers, and whether it lags behind the collection
     (fine while an ingest runs; to repair with `rag ingest` after one was interrupted)."""
     covered = f"covers {stats['lexical_chunks']} of {stats['chunks']} chunks"
+    covered += f" of {stats['papers']} papers"
     note = stats["lexical_note"]
     if note is None:
-        return Check("lexical", True, f"BM25 {covered}, as published by the last ingest")
+        return Check("lexical", True, f"BM25 (SQLite FTS5) {covered}, as the last ingest left it")
     return Check("lexical", stats["lexical_current"] or stats["writing"], f"BM25 {covered}: {note}")
 
 

@@ -4,17 +4,32 @@ The real embedder is split by cost. Counting tokens (for chunking) needs only ``
 embedding a question runs the model's exported ONNX graph on onnxruntime (``rag.graph``); only
 embedding documents imports sentence-transformers and torch, which takes ~7-9 s here. So
 ``rag ask`` and a no-op ``rag ingest`` never pay for torch.
+
+On a GPU, documents skip sentence-transformers' ``encode`` (fixed batches of 32: 750-1,200
+chunks/s on an H200) for ``PackedEncoder``: the same pipeline (BERT, mean pooling, normalisation)
+in float16, texts sorted by token length and cut into batches by a token budget, tokenized by a
+pool of processes while the GPU runs, one worker per visible GPU: ~21,000 chunks/s on one H200,
+against a forward-only ceiling of ~44,800 (bench/gpu.py).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import queue
 import re
 import sys
-from collections.abc import Callable, Sequence
-from functools import cached_property
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,6 +48,31 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 Spans = list[tuple[int, int]]
 Progress = Callable[[int], None]
+
+# The packed document path (``PackedEncoder``). A budget counts padded tokens per batch (rows x
+# padded width): a batch's activations are the same size whatever the length of its texts.
+# On a GPU: big enough that each batch's ~100 kernel launches (6 layers) are a small part of it.
+# One H200 (bench/gpu.py, 100k chunks): 131k -> 14.1k texts/s, 262k -> 16.4k (65k was slower
+# still in an earlier run); 5.6 GB of GPU memory at 262k.
+GPU_TOKEN_BUDGET = 262_144
+# On a CPU: about 32 full-length chunks, the batch sentence-transformers runs at here.
+CPU_TOKEN_BUDGET = 8_192
+# Widths are padded up to a multiple of this: the memory-efficient attention kernel wants its
+# mask's rows 16-aligned (else it pads a copy in every layer), and tensor cores like the shapes.
+PAD_MULTIPLE = 16
+# Texts tokenized per job, taken in character-length order: big enough that a job's pickling and
+# launch costs are small, small enough that the first batch is ready in ~0.1 s.
+TOKENIZE_WINDOW = 4_096
+# Tokenizer processes (spawned once per encoder, kept): in threads, turning each text's ids into
+# Python lists held the GIL, so 15 threads on one H200 host's 16 cores gave 8-14k texts/s and
+# starved the GPU's thread (10.7k/s end to end); 15 processes, which return numpy arrays, 21k/s.
+# One core is left for the threads that feed the GPUs.
+TOKENIZER_WORKERS = max(1, min(15, (os.cpu_count() or 2) - 1))
+# Batches ready ahead of each GPU, in pinned host memory: enough to ride out a slow window.
+QUEUE_DEPTH = 8
+# Batches a GPU worker keeps launched before it waits for the oldest one's vectors, so the GPU
+# stays busy while the worker waits for the GIL.
+PENDING_DEPTH = 2
 
 
 class Embedder(Protocol):
@@ -280,8 +320,35 @@ class SentenceTransformerEmbedder:
         out = hf(list(texts), add_special_tokens=False, return_offsets_mapping=True)
         return [[tuple(span) for span in spans] for spans in out["offset_mapping"]]
 
+    @cached_property
+    def _packed(self) -> PackedEncoder | None:
+        """The GPU path for documents (``PackedEncoder``), on every visible GPU unless the device
+        names one; None on a CPU (its runtimes stay as measured) or for another pipeline."""
+        from rag import graph
+
+        runtime = self.runtime
+        if runtime.engine != "torch" or not runtime.device.startswith("cuda"):
+            return None
+        if not graph.exportable(self.model_dir):  # not Transformer -> mean Pooling (-> Normalize)
+            return None
+        import torch
+
+        devices = (
+            [runtime.device]
+            if ":" in runtime.device
+            else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        )
+        base = load_bert(self.model_dir, self.name)
+        if self._questions is not None:
+            self._graph(base)  # float32 weights in hand: export the question graph, as _model does
+        return PackedEncoder(self.model_dir, self.max_tokens, devices, runtime.dtype, loaded=base)
+
     def embed_documents(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        """Embed with sentence-transformers on the GPU when there is one, batch by batch."""
+        """Embed with ``PackedEncoder`` on a GPU (batches by token budget: ``batch_size`` does not
+        apply, and the more texts per call the better), else sentence-transformers (or OpenVINO)
+        in batches of ``batch_size``."""
+        if self._packed is not None:
+            return self._packed.encode(texts, progress)
         rows = []
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
@@ -305,6 +372,370 @@ class SentenceTransformerEmbedder:
             return self._questions.encode([text])[0]
         vector = self._model.encode([text], convert_to_numpy=True)[0]
         return _unit(np.asarray(vector, dtype=np.float32))
+
+
+def plan_batches(
+    lengths: Sequence[int] | np.ndarray, budget: int, multiple: int = 1
+) -> list[np.ndarray]:
+    """Positions into ``lengths``, longest first, cut into batches of at most ``budget`` padded
+    tokens. A batch is padded to its first (longest) text, rounded up to ``multiple``, so ``rows *
+    padded_width(lengths[first]) <= budget``; a text longer than the budget gets its own batch."""
+    sizes = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-sizes, kind="stable")
+    batches = []
+    start = 0
+    while start < len(order):
+        rows = max(1, budget // padded_width(int(sizes[order[start]]), multiple))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def padded_width(longest: int, multiple: int) -> int:
+    """``longest`` rounded up to a multiple of ``multiple`` (at least one token)."""
+    return max(1, -(-longest // max(1, multiple)) * max(1, multiple))
+
+
+def load_bert(model_dir: Path, name: str = "") -> Any:
+    """The model's transformer (``transformers.AutoModel``) in float32, in eval mode."""
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars are noise on a one-line CLI
+    try:
+        model = AutoModel.from_pretrained(str(model_dir))
+    except Exception as exc:
+        raise EmbedderError(f"cannot load embedding model {name or model_dir!s}: {exc}") from exc
+    return model.to(torch.float32).eval()
+
+
+def truncating_tokenizer(model_dir: Path, max_tokens: int) -> Any:
+    """The model's fast tokenizer, truncating to ``max_tokens`` (special tokens counted, as
+    sentence-transformers does), unpadded: each batch is padded to its own longest text."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.enable_truncation(max_tokens)
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of ``texts`` (special tokens added, truncated) end to end, and each length."""
+    # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we do not use.
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    rows = [e.ids for e in encode(list(texts))]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
+    return flat, lengths
+
+
+Planned = list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (positions, padded ids, lengths)
+
+
+def window_batches(tokenizer: Any, texts: Sequence[str], budget: int, multiple: int) -> Planned:
+    """``texts`` tokenized, planned by the budget and padded: per batch, the texts' positions in
+    ``texts``, their ids zero-padded to the batch's width, and their lengths (int32)."""
+    flat, lengths = tokenize(tokenizer, texts)
+    starts = np.cumsum(lengths) - lengths
+    planned = []
+    for part in plan_batches(lengths, budget, multiple):
+        sizes = lengths[part]
+        columns = np.arange(padded_width(int(sizes[0]), multiple))
+        real = columns[None, :] < sizes[:, None]  # the padding is masked out, whatever its id
+        ids = np.zeros(real.shape, dtype=np.int32)
+        ids[real] = flat[(starts[part][:, None] + columns[None, :])[real]]
+        planned.append((part, ids, sizes.astype(np.int32)))
+    return planned
+
+
+_worker_tokenizer: Any = None  # in a tokenizer process: its tokenizer, made once at its start
+
+
+def _start_worker(model_dir: str, max_tokens: int) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = truncating_tokenizer(Path(model_dir), max_tokens)
+
+
+def _worker_batches(texts: list[str], budget: int, multiple: int) -> Planned:
+    return window_batches(_worker_tokenizer, texts, budget, multiple)
+
+
+@dataclass(frozen=True, slots=True)
+class PackedBatch:
+    """One batch ready for a device: its texts' token ids, padded, and where they go."""
+
+    rows: np.ndarray  # positions of its texts in the input
+    ids: Any  # torch.int32 (rows, padded width), zero-padded; in pinned memory for a GPU
+    lengths: Any  # torch.int32 (rows,): each text's tokens, special tokens included
+    uniform: bool  # every row fills the width: no mask, so attention can take its fastest kernel
+
+
+class PackedEncoder:
+    """Documents -> unit vectors through the pipeline ``graph.exportable`` accepts (BERT, mean
+    pooling, normalisation), fed length-sorted batches sized by a token budget.
+
+    Texts go in windows of ``TOKENIZE_WINDOW``, in character-length order (a free proxy for token
+    length), to a pool of tokenizer processes; each window is sorted by its true token lengths,
+    cut by ``plan_batches`` and padded there, so batches come out nearly globally length-sorted
+    while the GPU works on earlier ones. One worker thread per device, each with its own replica
+    and stream, takes batches from one queue; rows land in input order. The same code runs on a
+    CPU in float32 (tests/test_embed_batches.py checks it against sentence-transformers).
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        max_tokens: int,
+        devices: Sequence[str],
+        dtype: str = "float32",
+        budget: int | None = None,
+        workers: int = TOKENIZER_WORKERS,
+        loaded: Any = None,
+    ) -> None:
+        import torch
+
+        if not devices:
+            raise EmbedderError("no device to embed on")
+        # Our processes are the parallelism; the tokenizer's own pool inside each would oversubscribe.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.model_dir = model_dir
+        self.max_tokens = max_tokens
+        self.devices = list(devices)
+        self.cuda = all(d.startswith("cuda") for d in self.devices)
+        self.budget = max(budget or (GPU_TOKEN_BUDGET if self.cuda else CPU_TOKEN_BUDGET), 1)
+        self.workers = max(1, workers)
+        self.tokenizer = truncating_tokenizer(model_dir, max_tokens)
+        self.mask_4d = _transformers_major() >= 5  # a prepared 4-D mask passes through as is
+        base = loaded if loaded is not None else load_bert(model_dir)
+        kind = getattr(torch, dtype)
+        self.replicas = [copy.deepcopy(base).to(device=d, dtype=kind).eval() for d in self.devices]
+        self.dim = int(base.config.hidden_size)
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_size = 0
+        self._in_thread = False  # set once the tokenizer processes have failed to run
+
+    def close(self) -> None:
+        """Stop the tokenizer processes (they also end with this process)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _processes(self) -> ProcessPoolExecutor:
+        if self._pool is None or self._pool_size != self.workers:
+            import multiprocessing
+
+            self.close()
+            # spawn: a fork of a process that holds CUDA, threads and locks is not safe.
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(str(self.model_dir), self.max_tokens),
+            )
+            self._pool_size = self.workers
+        return self._pool
+
+    def batches(self, texts: Sequence[str]) -> Iterator[PackedBatch]:
+        """Every batch of ``texts``, longest first, prepared ``workers`` windows at a time ahead;
+        in this thread when there is one window or one worker (no processes to start), or when
+        the processes cannot run."""
+        order = np.argsort(-np.fromiter(map(len, texts), np.int64, len(texts)), kind="stable")
+        windows = [order[i : i + TOKENIZE_WINDOW] for i in range(0, len(order), TOKENIZE_WINDOW)]
+        multiple = PAD_MULTIPLE
+        parallel = len(windows) > 1 and self.workers > 1 and not self._in_thread
+        pool = self._processes() if parallel else None
+        ahead: deque[tuple[np.ndarray, list[str], Future[Planned] | None]] = deque()
+        try:
+            for window in windows:
+                chosen = [texts[i] for i in window]
+                job = None
+                if pool is not None and not self._in_thread:
+                    try:
+                        job = pool.submit(_worker_batches, chosen, self.budget, multiple)
+                    except BrokenProcessPool:
+                        self._processes_failed()
+                ahead.append((window, chosen, job))
+                if pool is None or len(ahead) > 2 * self.workers:  # keeps every process busy
+                    yield from self._ready(*ahead.popleft(), multiple)
+            while ahead:
+                yield from self._ready(*ahead.popleft(), multiple)
+        finally:
+            for _, _, future in ahead:
+                if future is not None:
+                    future.cancel()
+
+    def _ready(
+        self, window: np.ndarray, chosen: list[str], job: Future[Planned] | None, multiple: int
+    ) -> Iterator[PackedBatch]:
+        import torch
+
+        planned = None
+        if job is not None:
+            try:
+                planned = job.result()
+            except BrokenProcessPool:
+                self._processes_failed()
+        if planned is None:
+            planned = window_batches(self.tokenizer, chosen, self.budget, multiple)
+        for part, ids, sizes in planned:
+            tensor, count = torch.from_numpy(ids), torch.from_numpy(sizes)
+            if self.cuda:  # pinned: the copy to the GPU is asynchronous and at full speed
+                tensor, count = tensor.pin_memory(), count.pin_memory()
+            yield PackedBatch(window[part], tensor, count, bool(sizes.min() == ids.shape[1]))
+
+    def _processes_failed(self) -> None:
+        """The tokenizer processes died (typically a script whose top level runs again in each
+        spawned process, with no ``if __name__ == "__main__":``): tokenize here from now on."""
+        if not self._in_thread:
+            self._in_thread = True
+            _note(
+                "tokenizer processes could not run (is the script's entry point under "
+                "`if __name__ == '__main__':`?); tokenizing in this process, more slowly"
+            )
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+
+    def forward(self, model: Any, ids: Any, lengths: Any, uniform: bool = False) -> Any:
+        """Unit float32 vectors of a padded batch on its device: hidden states mean-pooled over
+        each text's own tokens, then normalised, as sentence-transformers' Pooling + Normalize."""
+        import torch
+
+        real = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
+        if uniform:  # nothing to mask: SDPA may take flash attention
+            mask = None
+        elif self.mask_4d:
+            # Additive, (rows, 1, 1, width): transformers takes it as is, with no look at its values
+            # (a 2-D mask costs a GPU->CPU sync per batch to find out whether it masks anything).
+            dtype = next(model.parameters()).dtype
+            mask = torch.zeros(real.shape, dtype=dtype, device=ids.device)
+            mask = mask.masked_fill_(~real, torch.finfo(dtype).min)[:, None, None, :]
+        else:
+            mask = real.long()
+        hidden = model(input_ids=ids.long(), attention_mask=mask).last_hidden_state
+        weights = real.unsqueeze(-1).to(torch.float32)  # pooled in float32, whatever the weights
+        pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    def encode(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        """One unit float32 row per text, in input order; ``progress(n)`` as batches land."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not len(texts):
+            return out
+        feed: queue.Queue[PackedBatch | None] = queue.Queue(QUEUE_DEPTH * len(self.replicas))
+        done: queue.Queue[int | BaseException | None] = queue.Queue()  # to this thread only
+        stop = threading.Event()
+        threads = [threading.Thread(target=self._feed, args=(texts, feed, done, stop), daemon=True)]
+        threads += [
+            threading.Thread(target=self._work, args=(i, feed, done, out, stop), daemon=True)
+            for i in range(len(self.replicas))
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            running = len(threads)  # each thread ends by putting None, or its exception
+            while running:
+                item = done.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                elif progress is not None:
+                    progress(item)  # here, not in a worker: the callback need not be thread-safe
+        finally:
+            stop.set()  # on an error, the others stop at their next batch
+            for thread in threads:
+                thread.join()
+        return out
+
+    def _feed(
+        self, texts: Sequence[str], feed: queue.Queue, done: queue.Queue, stop: threading.Event
+    ) -> None:
+        try:
+            for batch in self.batches(texts):
+                if not _put(feed, batch, stop):
+                    break
+            for _ in self.replicas:  # one end-of-work mark per worker
+                _put(feed, None, stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread, raised there
+            done.put(exc)
+        done.put(None)
+
+    def _work(
+        self,
+        index: int,
+        feed: queue.Queue,
+        done: queue.Queue,
+        out: np.ndarray,
+        stop: threading.Event,
+    ) -> None:
+        """Run batches on one device; on a GPU, a batch's vectors copy back while the next runs."""
+        import torch
+
+        device = torch.device(self.devices[index])
+        model = self.replicas[index]
+        stream = None
+        pending: deque[tuple[np.ndarray, Any, Any]] = deque()  # rows, pinned vectors, copy's event
+        try:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+                stream = torch.cuda.Stream(device)  # its own stream: GPUs do not wait on each other
+            with (
+                torch.inference_mode(),
+                torch.cuda.stream(stream) if stream is not None else nullcontext(),
+            ):
+                while not stop.is_set():
+                    try:
+                        batch = feed.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    if batch is None:
+                        break
+                    ids = batch.ids.to(device, non_blocking=True)
+                    lengths = batch.lengths.to(device, non_blocking=True)
+                    vectors = self.forward(model, ids, lengths, batch.uniform)
+                    if stream is None:
+                        out[batch.rows] = vectors.numpy()
+                        done.put(len(batch.rows))
+                        continue
+                    host = torch.empty(vectors.shape, dtype=torch.float32, pin_memory=True)
+                    host.copy_(vectors, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record(stream)
+                    pending.append((batch.rows, host, event))
+                    if len(pending) > PENDING_DEPTH:  # the oldest: done by now, or nearly
+                        _land(pending.popleft(), out, done)
+                while pending and not stop.is_set():
+                    _land(pending.popleft(), out, done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread, raised there
+            done.put(exc)
+        done.put(None)
+
+
+def _transformers_major() -> int:
+    from transformers import __version__
+
+    return int(__version__.split(".")[0])
+
+
+def _put(feed: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """``feed.put(item)``, given up (False) once ``stop`` is set: no thread waits on a dead one."""
+    while not stop.is_set():
+        try:
+            feed.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _land(pending: tuple[np.ndarray, Any, Any], out: np.ndarray, done: queue.Queue) -> None:
+    rows, host, event = pending
+    event.synchronize()
+    out[rows] = host.numpy()
+    done.put(len(rows))
 
 
 class HashEmbedder:
@@ -332,8 +763,8 @@ class HashEmbedder:
     def _vector(self, text: str) -> np.ndarray:
         vector = np.zeros(self.dim, dtype=np.float32)
         for word in self._token.findall(text.lower())[: self.max_tokens]:
-            h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
-            vector[h % self.dim] += 1.0 if (h >> 63) else -1.0
+            slot, sign = _hashed(word, self.dim)
+            vector[slot] += sign
         return _unit(vector)
 
     def embed_documents(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
@@ -349,6 +780,13 @@ class HashEmbedder:
 
     def preload(self) -> None:
         """Nothing to load."""
+
+
+@lru_cache(maxsize=1 << 18)
+def _hashed(word: str, dim: int) -> tuple[int, float]:
+    """A word's slot and sign in the hash embedder (cached: a corpus repeats its words)."""
+    h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+    return h % dim, 1.0 if (h >> 63) else -1.0
 
 
 def load_embedder(settings: Settings) -> Embedder:

@@ -1,43 +1,53 @@
-"""The index: chunks and vectors in Chroma, and a BM25 index of the same chunks beside it.
+"""The index: chunks and vectors in Chroma, paper records and BM25 in a SQLite file beside them.
 
-Ingest is idempotent and crash-safe because chunk ids are a hash of (paper, position, text): a
-re-run asks Chroma which ids it already has and embeds only the rest, so an ingest killed half-way
-just resumes. Chunks of a re-ingested paper whose ids are no longer produced (its abstract changed)
-are deleted after the new ones are stored.
+Ingest streams: papers come from a ``Scan`` in batches; each batch is chunked, its new chunks
+embedded and stored in Chroma, its replaced chunks deleted there, then the batch's records, terms
+and names are written to the records file (``rag.records``) in one transaction. Memory holds one
+batch, whatever the corpus size. It is idempotent and crash-safe: a paper whose digest the records
+hold is skipped without being chunked, a chunk Chroma already has (its id is a hash of paper,
+position and text) is not embedded again, so an ingest killed half-way just resumes.
 
 The collection's metadata records the embedding model (name, dimension, weights hash); opening it
 with another model is refused, so vectors of two models are never mixed.
 
 **One writer, consistent readers.** Writes happen only under the writer lock (``rag.locking``,
-taken by ``Rag.ingest``). The collection's metadata holds two tokens: ``generation``, changed
-before any write, and ``published``, set to it by the writer after its last write, once it has
-built and saved the BM25 index of that state (``publish``). A reader never builds or saves the
-lexical index from a collection being written: it uses the last published one, and says so
-(``lexical_note``) when the collection has moved on since (an ingest running, or one that was
-killed: the next ingest repairs it). A long-running reader (``rag chat``) follows a newer
-publication on its next question (``refresh``): Chroma's local client keeps its vector index in
-memory, so it is reopened, and a read that fails mid-write is retried once on a reopened client.
+taken by ``Rag.ingest``). Each batch is written to Chroma first and to the records last, so what
+a reader finds in the records has its vectors; a reader sees the records before or after each
+batch (one transaction). The records' meta says an ingest is at work (``writing``) until it
+finishes (``published``); a reader says so (``lexical_note``), and, being told of a publication
+(or a folder a rebuild swapped in), reopens its Chroma client, whose vector index lives in memory.
+
+**On a Chroma server** several machines write, each with its own records file: chunks there also
+carry their text, and first chunks the paper's record, so that every client's records can mirror
+the server (``_sync``: the chunk ids are compared, what is missing fetched, what is gone deleted)
+when the server's publication token is not the one its records last mirrored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rag.chunking import Chunk, chunk_papers
-from rag.corpus import Paper
+from rag.corpus import Paper, Scan
 from rag.embedding import Embedder
 from rag.errors import IndexMissingError, ModelMismatchError, StoreError
-from rag.lexical import Bm25
 from rag.locking import is_locked
+from rag.records import PaperRecord, Records, StoredChunk
 from rag.settings import Settings
+
+__all__ = ["ChunkHit", "Index", "IngestStats", "PaperRecord", "make_client"]
 
 # Below this much free space, a store error is reported as the full disk it almost surely is.
 LOW_DISK_BYTES = 64 * 2**20
@@ -46,6 +56,17 @@ GET_BATCH = 2000  # ids per Chroma get/delete: bounded requests for big corpora
 # a question's hits would depend on the questions asked before it in the same process. Fixing it
 # above any n_results we ask for (search_dense caps n) makes every search independent of history.
 EF_SEARCH = 1024
+# Bump when chunking changes: every stored paper's digest then differs, and the next ingest
+# re-chunks them all (re-embedding only chunks whose text changed).
+CHUNKING_VERSION = "1"
+MAX_REMEMBERED_WARNINGS = 100  # warnings a no-op re-ingest repeats from the ingest it skips
+CPU_INGEST_BATCH = 256  # papers per batch with a model on a CPU: ~20 s of embedding at ~21/s
+# On a GPU: ~55k chunks per call, so that the embedder's pipeline (tokenizer processes feeding the
+# GPU, ~2 s to fill) runs full; with no model (hash): ~14k chunks, storing overlapping the next.
+GPU_INGEST_BATCH = 32768
+MODEL_FREE_INGEST_BATCH = 8192
+# The record fields a first chunk carries on a Chroma server, for other clients' records.
+RECORD_FIELDS = ("title", "abstract", "url", "authors", "date", "categories")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +83,10 @@ class IngestStats:
     warnings: tuple[str, ...] = ()  # what the input lost on the way: repeats, cut abstracts
     duplicates: int = 0
     truncated: int = 0
+    unchanged: int = 0  # papers skipped whole: their digest was stored
+    # Seconds per phase: scan (reading and checking the files), chunk, embed, vectors (Chroma),
+    # records (SQLite). Storing overlaps the next batch's chunking and embedding.
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,20 +99,24 @@ class ChunkHit:
 
 
 @dataclass(frozen=True, slots=True)
-class PaperRecord:
-    """A stored paper, as the answerer and the UI see it."""
+class VectorWrite:
+    """Where an ingest sends its Chroma writes: ``send(kind, batch)``; ``mark()`` counts those
+    sent; ``wait(mark)`` returns once the first ``mark`` are written."""
 
-    id: str
-    title: str
-    abstract: str
-    url: str | None = None
-    authors: str | None = None  # as ingested ("A, B and C"); the bundled corpus has none
-    date: str | None = None
+    send: Callable[[str, dict[str, Any]], None]
+    wait: Callable[[int], None]
+    mark: Callable[[], int] = lambda: 0
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _groups(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while group := list(islice(iterator, size)):
+        yield group
 
 
 def make_client(settings: Settings) -> Any:
@@ -113,7 +142,7 @@ def make_client(settings: Settings) -> Any:
 
 
 class Index:
-    """One collection of paper chunks, its model record and its BM25 twin."""
+    """One collection of paper chunks, its model record and its paper records."""
 
     def __init__(self, settings: Settings, embedder: Embedder, client: Any | None = None) -> None:
         self.settings = settings
@@ -121,11 +150,10 @@ class Index:
         self._client = client
         self._own_client = client is None  # ours to reopen when another process has written
         self._collection: Any | None = None
-        self._bm25: Bm25 | None = None
-        self._seen: str | None = None  # the publication this reader's caches are of
-        self._opened: int | None = None  # the identity of the folder the caches come from
-        self._stamp: tuple[int, int] | None = None  # and of the lexical folder they were read from
-        self.lexical_note: str | None = None  # why the lexical index lags, if it does
+        self.records = Records(settings.records_path)
+        self._seen: tuple[int | None, str | None] | None = None  # (folder, publication) read
+        self._count: int | None = None  # chunks in the collection as this reader opened it
+        self.lexical_note: str | None = None  # why the records lag behind the collection, if so
 
     @property
     def client(self) -> Any:
@@ -133,6 +161,11 @@ class Index:
         if self._client is None:
             self._client = make_client(self.settings)
         return self._client
+
+    @property
+    def remote(self) -> bool:
+        """Whether the chunks live on a Chroma server (records are then a local mirror)."""
+        return bool(self.settings.chroma_url)
 
     # -- the collection -------------------------------------------------------------------------
 
@@ -170,8 +203,11 @@ class Index:
         if self._collection is not None:
             return self._collection
         name = self.settings.collection
-        local = not self.settings.chroma_url
-        if local and not create and not (self.settings.index_dir / "chroma.sqlite3").exists():
+        if (
+            not self.remote
+            and not create
+            and not (self.settings.index_dir / "chroma.sqlite3").exists()
+        ):
             raise IndexMissingError(
                 f"no index yet in {self.settings.index_dir}: run `rag ingest` first (it indexes "
                 "the bundled corpus, or the files you name)"
@@ -209,92 +245,53 @@ class Index:
         return col
 
     def drop(self) -> None:
-        """Delete the collection and its BM25 index (``rag ingest --rebuild``)."""
+        """Delete the collection and its records (``rag ingest --rebuild``)."""
         try:
             self.client.delete_collection(self.settings.collection)
         except Exception:  # noqa: BLE001 - nothing to drop is fine
             pass
-        shutil.rmtree(self.settings.bm25_dir, ignore_errors=True)
+        self.records.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.settings.records_path}{suffix}").unlink(missing_ok=True)
         self._collection = None
-        self._bm25 = None
 
     def _set_metadata(self, **values: str) -> None:
         col = self.collection()
         fresh = self.client.get_collection(self.settings.collection, embedding_function=None)
         col.modify(metadata={**(fresh.metadata or {}), **values})
 
-    def _new_generation(self) -> None:
-        self._set_metadata(generation=uuid.uuid4().hex)
-
-    def state(self) -> tuple[str, str]:
-        """The collection's (generation, published) tokens, re-read (a writer may have moved
-        them). An index from before publication existed counts its lexical index as published."""
-        self.collection()  # raises the helpful errors if there is no (matching) collection
+    def _server_publication(self) -> str:
+        """The publication token on the server (each writer sets a new one when it finishes)."""
         try:
             col = self.client.get_collection(self.settings.collection, embedding_function=None)
-        except Exception as exc:
-            raise StoreError(f"cannot read collection {self.settings.collection!r}: {exc}") from exc
-        meta = col.metadata or {}
-        generation = str(meta.get("generation", ""))
-        published = meta.get("published")
-        if published is None and Bm25.saved_generation(self.settings.bm25_dir) == generation:
-            published = generation
-        return generation, str(published or "")
+        except Exception as exc:  # noqa: BLE001 - one line, what to do
+            raise self._failure("read the collection", exc) from None
+        return str((col.metadata or {}).get("published", ""))
 
     def generation(self) -> str:
-        """The collection's current generation token."""
-        return self.state()[0]
-
-    def publish(self) -> None:
-        """(Writer, after its last write.) Build and save the lexical index of the collection as
-        it now is, then mark that state published, in that order: readers follow ``published``.
-
-        The state gets a token of its own first, and is marked published only if no other writer
-        has moved the generation since: on a Chroma server, writers on other machines hold
-        other locks, and a state one of them is still writing must not be called complete (that
-        writer publishes it when it finishes)."""
-        mine = uuid.uuid4().hex
-        self._set_metadata(generation=mine)
-        ids, docs, papers, records = self._all_chunks()
-        bm25 = Bm25.build(ids, docs, papers, mine, records)
-        bm25.save(self.settings.bm25_dir)
-        generation, _ = self.state()
-        if generation == mine:
-            self._set_metadata(published=mine)
-        self._bm25, self._seen, self.lexical_note = bm25, mine, None
-        self._opened, self._stamp = self._folder(), self._lexical_stamp()
+        """A token that changes with every write to the records (and not otherwise)."""
+        self.collection()  # raises the helpful errors if there is no (matching) collection
+        return self.records.version()
 
     def refresh(self) -> None:
         """(Reader, before each question.) Follow a newer publication, or a folder a rebuild
-        swapped in: reopen the local Chroma client, whose vector index lives in memory, and drop
-        the cached lexical index."""
-        if self._seen is None:
-            return
-        if not self.settings.chroma_url:
-            # Locally every publication swaps the lexical folder in, and a rebuild the index
-            # folder: two stat calls tell, where asking Chroma for the metadata cost ~10 ms.
-            if (self._folder(), self._lexical_stamp()) != (self._opened, self._stamp):
-                self._reopen()
-            return
-        try:
-            _, published = self.state()
-        except StoreError:
-            self._reopen()
-            return
-        if published != self._seen:
+        swapped in: reopen the local Chroma client, whose vector index lives in memory."""
+        if self._seen is not None and self._publication() != self._seen:
             self._reopen()
 
-    def _lexical_stamp(self) -> tuple[int, int] | None:
-        """The identity of the published lexical folder (each publication swaps in a new one)."""
-        try:
-            info = self.settings.bm25_dir.stat()
-        except OSError:
-            return None
-        return info.st_ino, info.st_mtime_ns
+    def _publication(self) -> tuple[int | None, str | None]:
+        if self.remote:
+            try:
+                return None, self._server_publication()
+            except StoreError:
+                return None, None
+        folder = self._folder()
+        published = self.records.meta("published") if self.records.exists() else None
+        return folder, published
 
     def _folder(self) -> int | None:
         """The identity of the local index folder (a rebuild swaps in another), None for a server."""
-        if self.settings.chroma_url:
+        if self.remote:
             return None
         try:
             return self.settings.index_dir.stat().st_ino
@@ -304,14 +301,15 @@ class Index:
     def close(self) -> None:
         """Let go of the store (a local client flushes what it holds), so the folder can move."""
         self._reopen()
+        self.records.close()
 
     def _reopen(self) -> None:
-        if self._own_client and not self.settings.chroma_url:
+        if self._own_client and not self.remote:
             from chromadb.api.shared_system_client import SharedSystemClient
 
             SharedSystemClient.clear_system_cache()  # Chroma keeps one client per folder
             self._client = None
-        self._collection, self._bm25, self._seen = None, None, None
+        self._collection, self._seen, self._count = None, None, None
 
     def _read(self, what: str, read: Callable[[Any], Any]) -> Any:
         """``read(collection)``, retried once on a reopened client: a local client's vector index
@@ -331,85 +329,304 @@ class Index:
 
     # -- ingest ---------------------------------------------------------------------------------
 
-    def _existing_ids(self, ids: Sequence[str]) -> set[str]:
+    def _chunking_key(self) -> str:
+        """What chunks depend on besides the paper: the model's tokenizer and window, the overlap."""
+        e = self.embedder
+        parts = (CHUNKING_VERSION, e.name, e.fingerprint, e.max_tokens, self.settings.chunk_overlap)
+        return "|".join(map(str, parts))
+
+    def _digest(self, content: str) -> str:
+        return hashlib.sha256(f"{self._chunking_key()}|{content}".encode()).hexdigest()[:32]
+
+    def _existing_ids(self, col: Any, ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
         for batch in _batches(ids, GET_BATCH):
-            found.update(self.collection().get(ids=list(batch), include=[])["ids"])
-        return found
-
-    def _ids_of_papers(self, paper_ids: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        for batch in _batches(paper_ids, GET_BATCH):
-            where = {"paper_id": {"$in": list(batch)}}
-            found.update(self.collection().get(where=where, include=[])["ids"])
+            found.update(col.get(ids=list(batch), include=[])["ids"])
         return found
 
     def ingest(
-        self, papers: Sequence[Paper], progress: Callable[[int, int], None] | None = None
+        self,
+        papers: Sequence[Paper] | Scan,
+        progress: Callable[[int, int], None] | None = None,
     ) -> IngestStats:
-        """Store ``papers``: embed only new chunks, drop replaced ones; ``progress(done, total)``."""
+        """Store the papers: embed only new chunks, drop replaced ones, skip unchanged papers;
+        ``progress(papers done, papers to do)`` after each stored batch."""
         started = time.perf_counter()
+        self._phases: dict[str, float] = {}
+        scan = papers if isinstance(papers, Scan) else Scan.of_papers(papers)
         col = self.collection(create=True)
-        chunks = chunk_papers(papers, self.embedder, overlap=self.settings.chunk_overlap)
-        by_paper = {p.id: p for p in papers}
-        present = self._existing_ids([c.id for c in chunks])
-        # Longest first: batches of similar length waste little on padding (~30% of the embedding
-        # time when batches are taken in corpus order), and the slowest batches show up first.
-        todo = sorted((c for c in chunks if c.id not in present), key=lambda c: -len(c.text))
-        wanted = {c.id for c in chunks}
-        stale = sorted(self._ids_of_papers(list(by_paper)) - wanted)
         try:
-            self._write(col, todo, stale, by_paper, progress)
-            generation, published = self.state()
-            if todo or stale or published != generation or not self.settings.bm25_dir.exists():
-                self.publish()
+            if self.remote:
+                self._sync(col)
+            keys = {pid: self._digest(e.digest) for pid, e in scan.entries.items()}
+            stored = self.records.digests(list(keys))
+            todo = {pid for pid, key in keys.items() if stored.get(pid, ("",))[0] != key}
+            moved = {
+                pid: scan.entries[pid].sources
+                for pid, (_, sources) in stored.items()
+                if pid not in todo and sources != scan.entries[pid].sources
+            }
+            totals = [0, 0, 0, 0]  # chunks, embedded, deleted, replaced
+            writing = self.records.meta("writing")
+            if todo or moved or writing is not None:
+                self._begin()
+                groups = _groups(scan.papers(todo.__contains__), self._group_size())
+                with self._vector_writer(col, len(todo)) as write:
+                    finished = 0
+                    for done, group_size in self._store_groups(col, groups, keys, stored, write):
+                        totals = [a + b for a, b in zip(totals, done, strict=True)]
+                        finished += group_size
+                        if progress is not None:
+                            progress(finished, len(todo))
+                if moved:
+                    self.records.add_sources(moved)
+                self._finish(col)
+            unchanged = [pid for pid in keys if pid not in todo]
+            kept = self.records.count_chunks(unchanged)
         except (IndexMissingError, ModelMismatchError, StoreError):
             raise
         except Exception as exc:  # noqa: BLE001 - a full disk, a store error: one line, what to do
             raise self._failure("store the papers", exc, resumable=True) from None
+        chunks, embedded, deleted, replaced = totals
         return IngestStats(
-            papers=len(papers),
-            chunks=len(chunks),
-            embedded=len(todo),
-            skipped=len(chunks) - len(todo),
-            deleted=len(stale),
-            replaced=len({chunk.split("#", 1)[0] for chunk in stale}),
+            papers=len(keys),
+            chunks=chunks + kept,
+            embedded=embedded,
+            skipped=chunks + kept - embedded,
+            deleted=deleted,
+            replaced=replaced,
             seconds=round(time.perf_counter() - started, 3),
+            unchanged=len(unchanged),
+            phases={k: round(v, 3) for k, v in self._phases.items()},
         )
 
-    def _write(
+    @contextmanager
+    def _clock(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            self._phases[phase] = self._phases.get(phase, 0.0) + elapsed
+
+    def _group_size(self) -> int:
+        """Papers per batch (``RAG_INGEST_BATCH``): by default small enough on a CPU for a batch
+        to take seconds, large on a GPU, whose embedder sorts and packs a batch by length."""
+        if self.settings.ingest_batch:
+            return self.settings.ingest_batch
+        runtime = getattr(self.embedder, "runtime", None)
+        if runtime is None:
+            return MODEL_FREE_INGEST_BATCH
+        return CPU_INGEST_BATCH if runtime.device == "cpu" else GPU_INGEST_BATCH
+
+    def unchanged(self, inputs: str) -> IngestStats | None:
+        """What the last ingest of these very inputs (``rag.corpus.files_fingerprint``) did, if
+        nothing has been written since and the chunking is the same: a re-ingest is then a no-op
+        without reading a file. None otherwise (on a server, other machines write: always None)."""
+        if self.remote or not self.records.exists():
+            return None
+        self.collection()  # the helpful errors: no index, another model
+        remembered = self.records.meta("inputs")
+        if remembered is None or self.records.meta("writing") is not None:
+            return None
+        key, version, counts = json.loads(remembered)
+        if key != f"{self._chunking_key()}|{inputs}" or version != self.records.version():
+            return None
+        papers, chunks, warnings, duplicates, truncated = counts
+        return IngestStats(
+            papers=papers,
+            chunks=chunks,
+            embedded=0,
+            skipped=chunks,
+            deleted=0,
+            seconds=0.0,
+            warnings=tuple(warnings),
+            duplicates=duplicates,
+            truncated=truncated,
+            unchanged=papers,
+        )
+
+    def remember(self, inputs: str, stats: IngestStats) -> None:
+        """(After an ingest of ``inputs``.) Let an ingest of the same unchanged inputs skip them."""
+        if self.remote:
+            return
+        warnings = list(stats.warnings[:MAX_REMEMBERED_WARNINGS])
+        counts = [stats.papers, stats.chunks, warnings, stats.duplicates, stats.truncated]
+        key = f"{self._chunking_key()}|{inputs}"
+        self.records.set_meta(bump=False, inputs=json.dumps([key, self.records.version(), counts]))
+
+    def _begin(self) -> None:
+        """Mark the index as being written (readers say so), and which runtime embeds it."""
+        self.records.set_meta(writing=uuid.uuid4().hex)
+        runtime = getattr(self.embedder, "runtime", None)  # what embeds (and loads torch)
+        self._set_metadata(embed_runtime=runtime.name if runtime else self.embedder.family)
+
+    def _finish(self, col: Any) -> None:
+        """Publish: a new token for readers to follow, on the server too, and this writer done."""
+        token = uuid.uuid4().hex
+        if self.remote:
+            self._set_metadata(published=token)
+            self._sync(col)  # other writers' work, published meanwhile, into these records
+        self.records.set_meta(
+            writing=None, published=token, **({"synced": token} if self.remote else {})
+        )
+        self._seen, self._count = self._publication(), None
+        self.lexical_note = None
+
+    @contextmanager
+    def _vector_writer(self, col: Any, papers: int) -> Iterator[VectorWrite]:
+        """How batches of vectors are written: by a child process (``rag.writer``) when the
+        ingest has more than one batch to write into a local index, so that Chroma's writes
+        overlap the chunking, embedding and records; else here, at once."""
+        if self.remote or papers <= self._group_size():
+            yield VectorWrite(lambda kind, batch: getattr(col, kind)(**batch), lambda _: None)
+            return
+        from rag.writer import ChromaWriter, WriterError
+
+        child = ChromaWriter(self.settings.index_dir, self.settings.collection)
+        try:
+            yield VectorWrite(child.send, child.wait, lambda: child.sent)
+        except WriterError as exc:
+            raise self._failure("store the papers", exc, resumable=True) from None
+        finally:
+            child.close()
+            self._reopen()  # and this process's view of the collection is behind: reopened
+
+    def _store_groups(
         self,
         col: Any,
-        todo: Sequence[Chunk],
-        stale: Sequence[str],
+        groups: Iterable[list[Paper]],
+        keys: dict[str, str],
+        stored: dict[str, tuple[str, tuple[str, ...]]],
+        write: VectorWrite,
+    ) -> Iterator[tuple[tuple[int, int, int, int], int]]:
+        """Prepare each batch, send its vectors, and write the previous batch's records once its
+        vectors are written; yield (counts, papers) as each batch is complete."""
+        previous: tuple[int, Callable[[], None], tuple[int, int, int, int], int] | None = None
+        for group in groups:
+            counts, jobs, records = self._prepare_group(col, group, keys, stored)
+            for kind, batch in jobs:
+                write.send(kind, batch)
+            if previous is not None:
+                yield self._complete(write, *previous)
+            previous = (write.mark(), records, counts, len(group))
+        if previous is not None:
+            yield self._complete(write, *previous)
+
+    def _complete(
+        self,
+        write: VectorWrite,
+        mark: int,
+        records: Callable[[], None],
+        counts: tuple[int, int, int, int],
+        size: int,
+    ) -> tuple[tuple[int, int, int, int], int]:
+        with self._clock("vectors"):
+            write.wait(mark)
+        with self._clock("records"):
+            records()
+        return counts, size
+
+    def _prepare_group(
+        self,
+        col: Any,
+        group: list[Paper],
+        keys: dict[str, str],
+        stored: dict[str, tuple[str, tuple[str, ...]]],
+    ) -> tuple[tuple[int, int, int, int], list[tuple[str, dict[str, Any]]], Callable[[], None]]:
+        """Chunk and embed one batch of papers: its counts, the Chroma writes that store it
+        (new vectors, then deletions), and what writes its records (after those)."""
+        clock = self._clock
+        with clock("chunk"):
+            chunks = chunk_papers(group, self.embedder, overlap=self.settings.chunk_overlap)
+        with clock("vectors"):
+            present = self._existing_ids(col, [c.id for c in chunks])
+        todo = [c for c in chunks if c.id not in present]
+        wanted = {c.id for c in chunks}
+        old = [p.id for p in group if p.id in stored]
+        stale = sorted(self.records.chunk_ids_of(old) - wanted) if old else []
+        by_paper = {p.id: p for p in group}
+        with clock("embed"):
+            vectors = self.embedder.embed_documents([c.text for c in todo]) if todo else None
+        jobs = list(self._upserts(todo, vectors, by_paper, keys)) if vectors is not None else []
+        jobs += [("delete", {"ids": list(batch)}) for batch in _batches(stale, GET_BATCH)]
+
+        def records() -> None:
+            self.records.write(
+                [(_record(p), keys[p.id]) for p in group],
+                [StoredChunk(c.id, c.paper_id, c.position, c.text) for c in chunks],
+                stale,
+            )
+
+        replaced = len({cid.split("#", 1)[0] for cid in stale})
+        return (len(chunks), len(todo), len(stale), replaced), jobs, records
+
+    def _upserts(
+        self,
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
         by_paper: dict[str, Paper],
-        progress: Callable[[int, int], None] | None,
-    ) -> None:
-        if todo or stale:
-            self._new_generation()  # before writing: from here on, readers keep the published one
-        if todo:
-            runtime = getattr(self.embedder, "runtime", None)  # what embeds (and loads torch)
-            self._set_metadata(embed_runtime=runtime.name if runtime else self.embedder.family)
-        done = 0
-        # Store each embedded batch at once: a kill -9 loses at most one batch of work.
-        for group in _batches(todo, self.settings.embed_batch_size):
-            vectors = self.embedder.embed_documents([c.text for c in group])
-            for batch in _batches(range(len(group)), self.client.get_max_batch_size()):
-                part = [group[i] for i in batch]
-                col.upsert(
-                    ids=[c.id for c in part],
-                    embeddings=vectors[list(batch)],
-                    documents=[c.text for c in part],
-                    metadatas=[_metadata(c, by_paper[c.paper_id]) for c in part],
-                )
-            done += len(group)
-            if progress is not None:
-                progress(done, len(todo))
-        for batch in _batches(stale, GET_BATCH):
-            col.delete(ids=list(batch))
+        keys: dict[str, str],
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The upserts that store these chunks, in the largest batches the store takes: locally
+        ids, vectors and the chunk's paper; on a server also the text, and the record on a first
+        chunk (for other clients)."""
+        for batch in _batches(range(len(chunks)), self.client.get_max_batch_size()):
+            part = [chunks[i] for i in batch]
+            yield (
+                "upsert",
+                {
+                    "ids": [c.id for c in part],
+                    "embeddings": vectors[list(batch)],
+                    "metadatas": [
+                        self._metadata(c, by_paper[c.paper_id], keys[c.paper_id]) for c in part
+                    ],
+                    **({"documents": [c.text for c in part]} if self.remote else {}),
+                },
+            )
+
+    def _metadata(self, chunk: Chunk, paper: Paper, key: str) -> dict[str, Any]:
+        meta: dict[str, Any] = {"paper_id": chunk.paper_id, "position": chunk.position}
+        if self.remote and chunk.position == 0:
+            record = _record(paper)
+            meta |= {k: getattr(record, k) for k in RECORD_FIELDS if getattr(record, k)}
+            meta["sources"] = json.dumps(list(paper.sources))
+            meta["digest"] = key
+        return meta
+
+    def _sync(self, col: Any) -> None:
+        """(Server.) Make the records mirror the server's chunks: fetch what other clients wrote,
+        delete what they deleted. Compares ids only, so it costs reading the server's ids."""
+        remote: set[str] = set()
+        total = col.count()
+        for offset in range(0, total, GET_BATCH):
+            remote.update(col.get(include=[], limit=GET_BATCH, offset=offset)["ids"])
+        local = self.records.chunk_ids()
+        gone = sorted(local - remote)
+        if gone:
+            self.records.delete_chunks(gone)
+        missing = sorted(remote - local)
+        for batch in _batches(missing, GET_BATCH):
+            got = col.get(ids=list(batch), include=["documents", "metadatas"])
+            papers: dict[str, tuple[PaperRecord, str]] = {}
+            chunks = []
+            for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
+                chunks.append(StoredChunk(cid, meta["paper_id"], int(meta["position"]), doc or ""))
+                if meta.get("position") == 0 and "title" in meta:
+                    papers[meta["paper_id"]] = (
+                        PaperRecord(
+                            meta["paper_id"],
+                            *(meta.get(k) for k in RECORD_FIELDS),  # type: ignore[arg-type]
+                            tuple(json.loads(meta.get("sources", "[]"))),
+                        ),
+                        str(meta.get("digest", "")),
+                    )
+            known = self.records.paper_ids()
+            chunks = [c for c in chunks if c.paper_id in papers or c.paper_id in known]
+            self.records.write(list(papers.values()), chunks)
 
     def _disk_full(self) -> bool:
-        if self.settings.chroma_url:
+        if self.remote:
             return False
         free = _free_bytes(self.settings.index_dir)
         return free is not None and free < LOW_DISK_BYTES
@@ -437,78 +654,45 @@ class Index:
         """Number of chunks stored."""
         return int(self.collection().count())
 
-    def _all_chunks(
-        self,
-    ) -> tuple[list[str], list[str], list[str], list[tuple[str, str, str]]]:
-        """Every chunk's id, text and paper, and every paper's (id, title, abstract)."""
+    def lexicon(self) -> Records:
+        """The records, ready to read (BM25, idf, names, papers); ``lexical_note`` says when they
+        lag behind the collection. On a server they are first brought up to its publication."""
         col = self.collection()
-        ids: list[str] = []
-        docs: list[str] = []
-        papers: list[str] = []
-        records: list[tuple[str, str, str]] = []
-        total = col.count()
-        for offset in range(0, total, GET_BATCH):
-            got = col.get(include=["documents", "metadatas"], limit=GET_BATCH, offset=offset)
-            ids += got["ids"]
-            docs += got["documents"]
-            papers += [m["paper_id"] for m in got["metadatas"]]
-            records += [
-                (m["paper_id"], m["title"], m.get("abstract", ""))
-                for m in got["metadatas"]
-                if m["position"] == 0
-            ]
-        return ids, docs, papers, records
-
-    def bm25(self) -> Bm25:
-        """The published lexical index (a reader never builds one from a collection in the middle
-        of being written); ``lexical_note`` says when it lags behind the collection."""
-        if self._bm25 is not None:
-            return self._bm25
-        stamp = self._lexical_stamp()  # before reading: a publication meanwhile shows as a change
-        generation, published = self.state()
-        bm25 = Bm25.load(self.settings.bm25_dir)
+        if self.remote:
+            published = self._server_publication()
+            synced = self.records.meta("synced") if self.records.exists() else None
+            # This machine's writer brings its records up to date itself, when it finishes.
+            if synced != published and not is_locked(self.settings.index_dir):
+                self._sync(col)
+                self.records.set_meta(synced=published)
+        elif not self.records.exists():
+            raise IndexMissingError(
+                f"the index in {self.settings.index_dir} has no paper records (it was built by an "
+                "older version of rag, or its records file was deleted): run `rag ingest` with "
+                "the same files to add them (nothing is embedded again)"
+            )
+        if self._seen is None:
+            self._seen = self._publication()
         self.lexical_note = None
-        if bm25 is None:
-            # None saved (a deleted folder; a first ingest killed before it published): what the
-            # collection holds, in memory only, unless a writer is at work on it.
-            writing = is_locked(self.settings.index_dir) or generation != published
-            if writing:
-                bm25 = Bm25.build([], [], [], "", [])
+        if self.records.meta("writing") is not None:
+            if is_locked(self.settings.index_dir):
                 self.lexical_note = (
-                    "no lexical index is published yet: keyword search is off until the ingest "
-                    "in progress, or a new `rag ingest`, publishes one"
+                    "an ingest is writing the index now: answers cover the papers stored so far"
                 )
             else:
-                ids, docs, papers, records = self._all_chunks()
-                bm25 = Bm25.build(ids, docs, papers, generation, records)
                 self.lexical_note = (
-                    "the lexical index was missing: rebuilt in memory; run `rag ingest` to save it"
+                    "an ingest was interrupted: answers cover the papers it stored; run "
+                    "`rag ingest` again to finish it"
                 )
-        elif bm25.generation != generation and generation == published:
-            # A complete state this folder's saved index is older than: another machine's
-            # writer published it on the shared server. Safe to build from, for this process.
-            ids, docs, papers, records = self._all_chunks()
-            bm25 = Bm25.build(ids, docs, papers, generation, records)
-            self.lexical_note = (
-                "the lexical index here is older than the collection another client published: "
-                "rebuilt in memory; run `rag ingest` here to save it"
-            )
-        elif bm25.generation != generation:
-            running = is_locked(self.settings.index_dir)
-            self.lexical_note = "the lexical index is of the collection as last published: " + (
-                "an ingest is writing it now"
-                if running
-                else "an ingest was interrupted since; run `rag ingest` to bring it up to date"
-            )
-        self._bm25, self._seen, self._opened = bm25, published, self._folder()
-        self._stamp = stamp
-        return bm25
+        return self.records
 
     def search_dense(self, vector: np.ndarray, n: int) -> list[ChunkHit]:
         """The ``n`` chunks nearest to ``vector`` (score = cosine similarity)."""
 
         def query(col: Any) -> Any:
-            count = min(n, col.count(), EF_SEARCH)
+            if self._count is None:  # ~10 ms at 100k chunks: once per opened collection
+                self._count = int(col.count())
+            count = min(n, self._count, EF_SEARCH)
             if count == 0:
                 return {"ids": [[]], "metadatas": [[]], "distances": [[]]}
             return col.query(
@@ -533,51 +717,38 @@ class Index:
         """
         if not paper_ids:
             return {}, {}
+        records = self.lexicon()
+        # By id, which the records know: Chroma answers that in ~3 ms where a metadata filter on
+        # the paper takes 30-100 ms at 100k papers.
+        chunks = records.chunks_of(list(paper_ids))
         got = self._read(
             "read the papers' vectors",
-            lambda col: col.get(
-                where={"paper_id": {"$in": list(paper_ids)}}, include=["metadatas", "embeddings"]
-            ),
+            lambda col: col.get(ids=sorted(chunks), include=["embeddings"]),
         )
-        records: dict[str, PaperRecord] = {}
         similarity: dict[str, float] = {}
-        sims = np.asarray(got["embeddings"], dtype=np.float32) @ vector.astype(np.float32)
-        for meta, sim in zip(got["metadatas"], sims, strict=True):
-            pid = meta["paper_id"]
-            similarity[pid] = max(similarity.get(pid, -1.0), float(sim))
-            if meta["position"] == 0:
-                records[pid] = PaperRecord(
-                    pid,
-                    meta["title"],
-                    meta["abstract"],
-                    meta.get("url"),
-                    meta.get("authors"),
-                    meta.get("date"),
-                )
-        return records, similarity
+        if got["ids"]:
+            sims = np.asarray(got["embeddings"], dtype=np.float32) @ vector.astype(np.float32)
+            for cid, sim in zip(got["ids"], sims, strict=True):
+                pid = chunks[cid]
+                similarity[pid] = max(similarity.get(pid, -1.0), float(sim))
+        return records.papers(list(paper_ids)), similarity
 
     def titles(self) -> set[str]:
-        """The title of every stored paper (read from the first chunk of each)."""
-        col, found = self.collection(), set()
-        for offset in range(0, col.count(), GET_BATCH):
-            got = col.get(
-                where={"position": 0}, include=["metadatas"], limit=GET_BATCH, offset=offset
-            )
-            found.update(m["title"] for m in got["metadatas"])
-        return found
+        """The title of every stored paper."""
+        return self.lexicon().titles()
 
     def stats(self) -> dict[str, Any]:
         """Counts and the model record, for ``rag doctor`` and the UI."""
         col = self.collection()
         meta = col.metadata or {}
-        lexical = self.bm25()
+        records = self.lexicon()
         return {
             "collection": self.settings.collection,
             "chunks": int(col.count()),
-            "papers": len(set(lexical.paper_ids)),
-            "lexical_chunks": len(lexical.chunk_ids),
+            "papers": records.count_papers(),
+            "lexical_chunks": records.size,
             "lexical_note": self.lexical_note,
-            "lexical_current": lexical.generation == self.generation(),
+            "lexical_current": self.lexical_note is None,
             "writing": is_locked(self.settings.index_dir),
             "embed_model": meta.get("embed_model"),
             "embed_dim": meta.get("embed_dim"),
@@ -586,23 +757,17 @@ class Index:
         }
 
 
-def _metadata(chunk: Chunk, paper: Paper) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "paper_id": chunk.paper_id,
-        "title": paper.title,
-        "position": chunk.position,
-        "sources": json.dumps(list(paper.sources)),
-    }
-    if chunk.position == 0:
-        meta["abstract"] = paper.abstract  # the answerer quotes whole abstracts, not chunks
-    for key in ("url", "date"):
-        if getattr(paper, key):
-            meta[key] = getattr(paper, key)
-    if paper.authors:
-        meta["authors"] = ", ".join(paper.authors)
-    if paper.categories:
-        meta["categories"] = " ".join(paper.categories)
-    return meta
+def _record(paper: Paper) -> PaperRecord:
+    return PaperRecord(
+        paper.id,
+        paper.title,
+        paper.abstract,
+        paper.url,
+        ", ".join(paper.authors) or None,
+        paper.date,
+        " ".join(paper.categories) or None,
+        paper.sources,
+    )
 
 
 def _free_bytes(path: Any) -> int | None:

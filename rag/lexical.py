@@ -1,38 +1,59 @@
-"""Lexical search: a BM25 index (bm25s) over the same chunks as the vector store.
+"""Lexical analysis: the terms of a text, and the glossary of names that stand for others.
 
-Chroma's own sparse indexes are not available in local mode, so BM25 lives in a folder beside the
-index, with the catalog of the papers' names (``rag.names``), which is derived from the same text
-and goes stale with it. One tokenizer (``terms``) serves the index, the queries and the answerer's
+One tokenizer (``terms``) serves the BM25 index (``rag.records``), the queries and the answerer's
 word matching, so "GPUs" in a question and "GPUs" in an abstract always become the same term.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import re
-import shutil
-import tempfile
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from rag.locking import exchange
-from rag.names import Catalog
-
-LOAD_ATTEMPTS = 3  # reads of a lexical index that a writer swapped mid-read
 _WORD = re.compile(r"(?u)\b\w\w+\b")
 
 
-@lru_cache(maxsize=1)
-def _stopwords() -> frozenset[str]:
-    from bm25s.stopwords import STOPWORDS_EN
-
-    return frozenset(STOPWORDS_EN)
+# English stop words: bm25s 0.3's list (STOPWORDS_EN), kept as it was when BM25 ran on bm25s.
+STOPWORDS = frozenset(
+    (
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "such",
+        "that",
+        "the",
+        "their",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "will",
+        "with",
+    )
+)
 
 
 @lru_cache(maxsize=1)
@@ -49,7 +70,7 @@ def terms(text: str) -> list[str]:
     stemming is dropped too: "GPUs" and "GPU" must be one term. Both sides use this function, so a
     word merely losing an s ("corpus" -> "corpu") costs nothing.
     """
-    words = [w for w in _WORD.findall(text.lower()) if w not in _stopwords()]
+    words = [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
     return [
         t[:-1] if len(t) > 3 and t.endswith("s") and not t.endswith("ss") else t
         for t in _stemmer().stemWords(words)
@@ -104,134 +125,3 @@ class Glossary:
         """The question followed by the members of every family it names (for search)."""
         extra = [m for key in self.alternatives(terms(question)) for m in self.raw[key]]
         return f"{question} ({', '.join(extra)})" if extra else question
-
-
-@dataclass
-class Bm25:
-    """A BM25 index of chunk texts, with each chunk's paper, document frequencies and the
-    catalog of paper names."""
-
-    generation: str
-    chunk_ids: list[str]
-    paper_ids: list[str]
-    df: dict[str, int]
-    retriever: Any = field(repr=False)
-    names: Catalog = field(default_factory=lambda: Catalog(()), repr=False)
-
-    @classmethod
-    def build(
-        cls,
-        chunk_ids: Sequence[str],
-        texts: Sequence[str],
-        paper_ids: Sequence[str],
-        generation: str,
-        papers: Sequence[tuple[str, str, str]] = (),
-    ) -> Bm25:
-        """Index ``texts`` (one per chunk); ``papers`` (id, title, abstract) feed the names."""
-        import bm25s
-
-        tokens = [terms(t) for t in texts]
-        retriever = bm25s.BM25()
-        if tokens:
-            retriever.index(tokens, show_progress=False)
-        df = Counter(term for doc in tokens for term in set(doc))
-        return cls(
-            generation,
-            list(chunk_ids),
-            list(paper_ids),
-            dict(df),
-            retriever,
-            Catalog.build(papers),
-        )
-
-    @property
-    def size(self) -> int:
-        """Number of chunks indexed."""
-        return len(self.chunk_ids)
-
-    def idf(self, term: str) -> float:
-        """BM25's inverse document frequency of a term (0 for an unknown term)."""
-        df = self.df.get(term, 0)
-        if df == 0:
-            return 0.0
-        return math.log((self.size - df + 0.5) / (df + 0.5) + 1.0)
-
-    @property
-    def max_idf(self) -> float:
-        """The IDF of a term found in a single chunk: the rarest a known term can be."""
-        return math.log((self.size - 0.5) / 1.5 + 1.0) if self.size else 1.0
-
-    def search(self, query: str, n: int) -> list[tuple[str, str, float]]:
-        """Up to ``n`` (chunk id, paper id, score) with a positive BM25 score, best first."""
-        vocab = self.retriever.vocab_dict if self.size else {}
-        query_terms = [t for t in terms(query) if t in vocab]
-        if not query_terms:
-            return []
-        docs, scores = self.retriever.retrieve(
-            [query_terms], k=min(n, self.size), show_progress=False, n_threads=1
-        )
-        return [
-            (self.chunk_ids[int(i)], self.paper_ids[int(i)], float(s))
-            for i, s in zip(docs[0], scores[0], strict=True)
-            if s > 0
-        ]
-
-    def save(self, directory: Path) -> None:
-        """Write atomically: a crash mid-save leaves the previous index or none, never half of one."""
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".bm25-", dir=directory.parent))
-        try:
-            if self.size:
-                self.retriever.save(str(tmp / "bm25s"), show_progress=False)
-            meta = {
-                "generation": self.generation,
-                "chunk_ids": self.chunk_ids,
-                "paper_ids": self.paper_ids,
-                "df": self.df,
-                "names": self.names.to_json(),
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta))
-            if directory.exists():
-                exchange(tmp, directory)  # readers find the old index or the new, never none
-            else:
-                os.replace(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    @staticmethod
-    def saved_generation(directory: Path) -> str | None:
-        """The generation of the index saved in ``directory`` (None if none), without loading it."""
-        try:
-            return str(json.loads((directory / "meta.json").read_text())["generation"])
-        except (OSError, ValueError, KeyError):
-            return None
-
-    @classmethod
-    def load(cls, directory: Path) -> Bm25 | None:
-        """The saved index, or None when there is none or it cannot be read. Its files are read
-        one by one, so a save that swaps the folder in between is noticed and the load redone."""
-        for _ in range(LOAD_ATTEMPTS):
-            loaded = cls._load(directory)
-            if loaded is None or cls.saved_generation(directory) == loaded.generation:
-                return loaded
-        return None
-
-    @classmethod
-    def _load(cls, directory: Path) -> Bm25 | None:
-        try:
-            meta = json.loads((directory / "meta.json").read_text())
-            retriever: Any = None
-            if meta["chunk_ids"]:
-                import bm25s
-
-                retriever = bm25s.BM25.load(str(directory / "bm25s"), show_progress=False)
-            return cls(
-                meta["generation"],
-                meta["chunk_ids"],
-                meta["paper_ids"],
-                meta["df"],
-                retriever,
-                Catalog.from_json(meta["names"]),
-            )
-        except (OSError, ValueError, KeyError):
-            return None

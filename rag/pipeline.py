@@ -11,6 +11,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +23,15 @@ from rag import citations
 from rag.answer import ExtractiveAnswerer, decline_metadata, subject
 from rag.chat import OFFLINE, ChatModel, Note, declines
 from rag.citations import Citation
-from rag.corpus import Corpus, Paper, bundled_corpus_dir, load_corpus
+from rag.corpus import (
+    Corpus,
+    Paper,
+    Scan,
+    bundled_corpus_dir,
+    files_fingerprint,
+    input_files,
+    load_corpus,
+)
 from rag.embedding import Embedder, load_embedder
 from rag.errors import IndexMissingError, InputError
 from rag.followup import Turn, name_subjects
@@ -219,20 +228,39 @@ class Rag:
         progress: Callable[[int, int], None] | None = None,
     ) -> IngestStats:
         """Index the papers in ``paths`` (or the bundled corpus) idempotently."""
-        corpus = self.load_corpus(paths)  # parse all first: a bad file must not touch the index
-        with writer_lock(self.settings.index_dir):  # one writer; a second is told who writes
+        started = time.perf_counter()
+        files = input_files(paths or [bundled_corpus_dir()])
+        inputs = files_fingerprint(files)
+        existing = self.index.records.exists()
+        with ExitStack() as held:
+            if existing:  # one writer; a second is told who writes
+                held.enter_context(writer_lock(self.settings.index_dir))
+            # The same files, unchanged since they were last ingested into records unchanged
+            # since: nothing to read (a no-op re-ingest of 100k papers costs ~0.1 s, not a scan).
+            if existing and not rebuild and (same := self.index.unchanged(inputs)) is not None:
+                return replace(same, seconds=round(time.perf_counter() - started, 3))
+            # Read all first (one entry per paper kept): a bad file must not touch the index,
+            # nor create one.
+            scan = Scan.of_files(files)
+            scanned = time.perf_counter() - started
+            if not existing:
+                held.enter_context(writer_lock(self.settings.index_dir))
             if rebuild:
                 from rag.rebuild import rebuild as rebuild_index
 
-                stats = rebuild_index(self, corpus.papers, progress)
+                stats = rebuild_index(self, scan, progress)
             else:
-                stats = self.index.ingest(corpus.papers, progress=progress)
-        return replace(
-            stats,
-            warnings=(*corpus.duplicates, *corpus.truncated),
-            duplicates=len(corpus.duplicates),
-            truncated=len(corpus.truncated),
-        )
+                stats = self.index.ingest(scan, progress=progress)
+            stats = replace(
+                stats,
+                seconds=round(stats.seconds + scanned, 3),
+                phases={"scan": round(scanned, 3), **stats.phases},
+                warnings=(*scan.duplicates, *scan.truncated),
+                duplicates=len(scan.duplicates),
+                truncated=len(scan.truncated),
+            )
+            self.index.remember(inputs, stats)
+        return stats
 
     def has_index(self) -> bool:
         """Whether a collection exists (it may be empty)."""
@@ -279,7 +307,7 @@ class Rag:
         question, k = self.validate(question, k)
         self.index.embedder.preload()  # the question encoder loads in a thread, while ...
         self.index.refresh()  # another process may have published, or swapped in, a newer index
-        self.index.bm25()  # ... the index opens (chromadb's import alone takes ~0.8 s)
+        self.index.lexicon()  # ... the index opens (chromadb's import alone takes ~0.8 s)
         chat_model = self.model(model)
         standalone = question
         if history:
@@ -347,7 +375,7 @@ class Rag:
     def analyse(self, question: str, vector: np.ndarray | None = None) -> Analysis:
         """What ``question`` asks (``rag.question.analyse``), against this index and policy;
         ``vector``: the embedding of the searched text (computed when not given)."""
-        lexicon = self.index.bm25()
+        lexicon = self.index.lexicon()
         if vector is None:
             vector = self.index.embedder.embed_query(self.glossary.expand(question))
         # The intent model reads the question's embedding only if it was fitted on this model's.
@@ -395,7 +423,7 @@ class Rag:
         found = Retriever(self.index, mode).retrieve(
             analysis.search, policy.fetch_factor * wanted, vector, include=analysis.named_papers
         )
-        scored = score(analysis, found, policy, self.index.bm25().max_idf)
+        scored = score(analysis, found, policy, self.index.lexicon().max_idf)
         named = set(analysis.named_papers)
         top = scored[:n_shown]
         return top + [s for s in scored[n_shown:] if s.paper.id in named]

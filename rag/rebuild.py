@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rag.errors import StoreError
@@ -27,13 +28,11 @@ from rag.index import Index, IngestStats
 from rag.locking import exchange
 
 if TYPE_CHECKING:
-    from rag.corpus import Paper
+    from rag.corpus import Scan
     from rag.pipeline import Rag
 
 
-def rebuild(
-    rag: Rag, papers: list[Paper], progress: Callable[[int, int], None] | None
-) -> IngestStats:
+def rebuild(rag: Rag, papers: Scan, progress: Callable[[int, int], None] | None) -> IngestStats:
     """Index ``papers`` afresh beside ``rag``'s index and put the result in its place."""
     if rag.settings.chroma_url:
         return _rebuild_collection(rag, papers, progress)
@@ -70,7 +69,7 @@ def rebuild(
 
 
 def _rebuild_collection(
-    rag: Rag, papers: list[Paper], progress: Callable[[int, int], None] | None
+    rag: Rag, papers: Scan, progress: Callable[[int, int], None] | None
 ) -> IngestStats:
     name = rag.settings.collection
     temporary = f"{name}-rebuild"
@@ -84,9 +83,9 @@ def _rebuild_collection(
     except Exception:  # noqa: BLE001 - no live collection yet is fine
         pass
     client.get_collection(temporary, embedding_function=None).modify(name=name)
-    lexical = settings.bm25_dir
-    target = rag.settings.bm25_dir
-    shutil.rmtree(target, ignore_errors=True)
-    lexical.rename(target)
+    staged.close()  # the staged records, checkpointed, take the live ones' place
     rag.index.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{rag.settings.records_path}{suffix}").unlink(missing_ok=True)
+    os.replace(settings.records_path, rag.settings.records_path)
     return stats

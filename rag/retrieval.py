@@ -74,7 +74,7 @@ class Retriever:
             hits = self.index.search_dense(vector, n_chunks)
             dense = _best_per_paper([(h.paper_id, h.score) for h in hits])
         if self.mode in ("hybrid", "bm25"):
-            hits_bm25 = self.index.bm25().search(question, n_chunks)
+            hits_bm25 = self.index.lexicon().search(question, n_chunks)
             lexical = _best_per_paper([(pid, score) for _, pid, score in hits_bm25])
         if self.mode == "dense":
             fused = dense

@@ -53,7 +53,21 @@ class Settings(BaseSettings):
         description="sentence-transformers model name or path; 'hash' selects the deterministic "
         "offline test embedder.",
     )
-    embed_batch_size: int = Field(32, ge=1, le=4096, description="Chunks embedded per batch.")
+    embed_batch_size: int = Field(
+        32,
+        ge=1,
+        le=65536,
+        description="Chunks the model embeds at once on a CPU (on a GPU, batches are sized in "
+        "tokens instead).",
+    )
+    ingest_batch: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Papers an ingest reads, embeds and stores at a time (memory holds one batch; "
+        "a killed ingest loses at most one). Default: 256 with a model on a CPU, 32768 on a GPU, "
+        "8192 with the hash embedder.",
+    )
     embed_device: str | None = Field(
         None,
         description="torch device for ingest embedding (default: cuda when available, else cpu).",
@@ -207,6 +221,7 @@ class Settings(BaseSettings):
         return self.index_dir.with_name(f".{self.index_dir.name}.feedback.lock")
 
     @property
-    def bm25_dir(self) -> Path:
-        """Where the persisted BM25 index of the collection lives."""
-        return self.index_dir / "bm25" / self.collection
+    def records_path(self) -> Path:
+        """The collection's paper records and BM25 index (``rag.records``), in the index folder
+        (on a Chroma server: this machine's mirror of them)."""
+        return self.index_dir / f"records-{self.collection}.sqlite3"

@@ -141,7 +141,11 @@ def test_ingest_and_ask_through_the_server(
     stored = col.get(include=["metadatas"])
     assert {m["paper_id"] for m in stored["metadatas"]} == {p.id for p in papers}
     assert not (index_dir / "chroma.sqlite3").exists()
-    assert (index_dir / "bm25" / "papers" / "meta.json").exists()
+    assert (index_dir / "records-papers.sqlite3").exists()  # this machine's mirror of the records
+    # On a server each paper's record travels once, on its first chunk, for the other clients.
+    firsts = [m for m in stored["metadatas"] if m["position"] == 0]
+    assert sorted(m["title"] for m in firsts) == sorted(p.title for p in papers)
+    assert all("title" not in m for m in stored["metadatas"] if m["position"] > 0)
 
     doctor = run_cli("doctor", env=env)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
@@ -180,6 +184,29 @@ def test_writers_on_one_server_from_two_machines_lose_nothing(
         )
         assert (outcome.unreadable, outcome.missing_lexical, outcome.not_first) == (0, 0, 0)
         assert outcome.failures == []
+
+    # A third machine, which never wrote, mirrors both writers' papers on its first question.
+    elsewhere = {**faults.environment(tmp_path / "elsewhere"), **server}
+    for paper in (first[7], second[-1]):
+        asked = run_cli("ask", "--json", paper["title"], env=elsewhere)
+        assert asked.returncode == 0, asked.stderr
+        assert json.loads(asked.stdout)["retrieved"][0]["paper_id"] == paper["id"]
+
+    # One writer replaces a paper of the other's: every mirror drops the old text, finds the new.
+    changed = {**first[7], "abstract": " ".join(["Zorblatt quantises photonic tensor cores."] * 3)}
+    edit = faults.write_jsonl(tmp_path / "edit.jsonl", [changed])
+    assert run_cli("ingest", str(edit), env=there).returncode == 0
+    for env in (here, elsewhere):
+        asked = run_cli("ask", "--json", "What does Zorblatt quantise?", env=env)
+        assert asked.returncode == 0, asked.stderr
+        assert json.loads(asked.stdout)["retrieved"][0]["paper_id"] == changed["id"]
+        reader = faults.reader(
+            Path(env["RAG_INDEX_DIR"]), chroma_url=chroma_server.url, collection="shared"
+        )
+        records = reader.index.lexicon()
+        assert records.papers([changed["id"]])[changed["id"]].abstract == changed["abstract"]
+        assert records.chunk_ids() == set(reader.index.collection().get(include=[])["ids"])
+        reader.index.close()
 
 
 def test_a_rebuild_on_the_server_replaces_the_collection_when_complete(

@@ -142,23 +142,27 @@ def test_ingest_json_then_again(tmp_path: Path, corpus: list[Paper]) -> None:
     counts = json.loads(first.stdout)
     assert set(counts) == {
         "papers", "chunks", "embedded", "skipped", "replaced", "duplicates", "truncated", "seconds",
+        "phases",
     }  # fmt: skip
+    assert set(counts["phases"]) == {"scan", "chunk", "embed", "vectors", "records"}
     assert all(isinstance(counts[k], int) for k in ("papers", "chunks", "embedded", "skipped"))
     assert isinstance(counts["seconds"], float)
     assert counts["papers"] == 20
     assert counts["chunks"] >= 20
     assert counts["embedded"] == counts["chunks"] and counts["skipped"] == 0
     # Progress is on stderr (one line per stored batch when not a terminal), never on stdout.
-    progress = [line for line in first.stderr.splitlines() if line.startswith("embedded ")]
-    assert progress and progress[-1] == f"embedded {counts['chunks']}/{counts['chunks']} chunks"
-    assert "embedded" not in first.stdout.replace('"embedded"', "")
+    progress = [line for line in first.stderr.splitlines() if line.startswith("stored ")]
+    assert progress and re.fullmatch(
+        r"stored 20/20 papers, [\d,]+ papers/s, 00:00:00 left", progress[-1]
+    )
+    assert "stored" not in first.stdout
 
     second = run_cli("ingest", "--json", str(corpus_dir), env=env)
     assert second.returncode == 0, second.stderr
     again = json.loads(second.stdout)
     assert again["papers"] == 20 and again["chunks"] == counts["chunks"]
     assert again["embedded"] == 0 and again["skipped"] == counts["chunks"]
-    assert not [line for line in second.stderr.splitlines() if line.startswith("embedded ")]
+    assert not [line for line in second.stderr.splitlines() if line.startswith("stored ")]
 
 
 # --- bad inputs: exit 2, one line, no traceback ----------------------------------------------

@@ -21,7 +21,7 @@ from rag.chat import NOT_FOUND
 from rag.chunking import Chunk, chunk_id, chunk_papers, split_sentences
 from rag.corpus import Paper
 from rag.embedding import Embedder, HashEmbedder
-from rag.errors import CorpusError, ModelMismatchError
+from rag.errors import CorpusError, IndexMissingError, ModelMismatchError
 from rag.pipeline import Rag
 from rag.retrieval import Retriever
 from tests.conftest import cli_env, make_settings, run_cli
@@ -49,10 +49,6 @@ def ids_by_paper(rag: Rag) -> dict[str, set[str]]:
     return dict(out)
 
 
-def bm25_meta(settings_index_dir: Path) -> Path:
-    return settings_index_dir / "bm25" / "papers" / "meta.json"
-
-
 def open_chroma(index_dir: Path) -> chromadb.api.ClientAPI:
     return chromadb.PersistentClient(
         path=str(index_dir), settings=chromadb.Settings(anonymized_telemetry=False)
@@ -78,16 +74,15 @@ def test_reingest_embeds_nothing_and_keeps_everything(
     ids_before = set(rag.index.collection().get(include=[])["ids"])
     assert ids_before == expected
     generation = rag.index.generation()
-    bm25_written = bm25_meta(index_dir).stat().st_mtime_ns
 
     second = rag.ingest([source])
     assert (second.papers, second.chunks) == (25, len(expected))
     assert second.embedded == 0 and second.skipped == second.chunks and second.deleted == 0
     assert set(rag.index.collection().get(include=[])["ids"]) == ids_before
     assert rag.index.count() == len(expected)
-    # Nothing changed, so nothing was marked stale and the BM25 index was not rewritten.
+    # Nothing changed: every paper's digest was stored, so the records were not written at all.
+    assert second.unchanged == 25
     assert rag.index.generation() == generation
-    assert bm25_meta(index_dir).stat().st_mtime_ns == bm25_written
 
 
 def test_reingest_of_the_session_index_writes_nothing(
@@ -95,7 +90,6 @@ def test_reingest_of_the_session_index_writes_nothing(
 ) -> None:
     count = rag.index.count()
     generation = rag.index.generation()
-    bm25_written = bm25_meta(built_index).stat().st_mtime_ns
 
     stats = Rag(make_settings(built_index), embedder=embedder).ingest()
 
@@ -104,7 +98,6 @@ def test_reingest_of_the_session_index_writes_nothing(
     assert stats.embedded == 0 and stats.skipped == count and stats.deleted == 0
     assert rag.index.count() == count
     assert rag.index.generation() == generation
-    assert bm25_meta(built_index).stat().st_mtime_ns == bm25_written
 
 
 # --- a changed abstract ----------------------------------------------------------------------
@@ -139,11 +132,10 @@ def test_changed_abstract_replaces_its_chunks_only(
     assert {pid: ids for pid, ids in after.items() if pid != target.id} == {
         pid: ids for pid, ids in before.items() if pid != target.id
     }
-    stored = rag.index.collection().get(
-        where={"paper_id": target.id}, include=["documents", "metadatas"]
-    )
-    assert not any(first_sentence in doc for doc in stored["documents"])
-    assert [m["abstract"] for m in stored["metadatas"] if m["position"] == 0] == [changed.abstract]
+    records = rag.index.lexicon()
+    assert records.chunk_ids_of([target.id]) == new_ids  # the keyword index too
+    assert records.papers([target.id])[target.id].abstract == changed.abstract
+    assert records.count_papers() == len(papers)  # replaced in place, not added
 
     for mode in ("hybrid", "bm25"):
         found = Retriever(rag.index, mode).retrieve("Quokkaflux zyxwvut scheduler", 3)
@@ -181,13 +173,16 @@ def test_chunk_ids_are_deterministic_and_stored_with_metadata(
     got = col.get(include=["documents", "metadatas", "embeddings"])
     assert sorted(got["ids"]) == sorted(c.id for c in chunks)
     by_id: dict[str, Chunk] = {c.id: c for c in chunks}
-    titles = {p.id: p.title for p in papers}
     for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
         chunk = by_id[cid]
-        assert doc == chunk.text
-        assert meta["paper_id"] == chunk.paper_id
-        assert meta["title"] == titles[chunk.paper_id]
-        assert meta["position"] == chunk.position
+        # Locally a chunk is its vector and its paper: text and records live once, in the records.
+        assert meta == {"paper_id": chunk.paper_id, "position": chunk.position}
+        assert doc is None
+    records = rag.index.lexicon()
+    assert records.chunk_ids() == set(by_id)
+    stored = records.papers([p.id for p in papers])
+    assert {pid: r.title for pid, r in stored.items()} == {p.id: p.title for p in papers}
+    assert all(stored[p.id].abstract == p.abstract for p in papers)
 
     # Cosine space: a stored vector queried against itself is at distance ~0 (score ~1).
     hits = rag.index.search_dense(got["embeddings"][3], 5)
@@ -459,9 +454,10 @@ def test_out_of_domain_question_abstains(rag: Rag) -> None:
 # --- BM25 staleness --------------------------------------------------------------------------
 
 
-def test_a_deleted_bm25_folder_is_rebuilt_in_memory_by_a_reader_and_saved_by_the_next_ingest(
+def test_deleted_records_are_named_to_the_reader_and_restored_by_ingest_without_embedding(
     tmp_path: Path, corpus: list[Paper], embedder: Embedder
 ) -> None:
+    """Also what an index from before the records file looks like: vectors without records."""
     papers = corpus[450:480]
     index_dir = tmp_path / "index"
     rag = Rag(make_settings(index_dir), embedder=embedder)
@@ -476,18 +472,17 @@ def test_a_deleted_bm25_folder_is_rebuilt_in_memory_by_a_reader_and_saved_by_the
 
     before = {mode: results(rag, mode) for mode in ("bm25", "hybrid")}
     assert before["bm25"][0][0][0] == papers[4].id
-    shutil.rmtree(index_dir / "bm25")
-    assert not bm25_meta(index_dir).exists()
+    rag.index.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{make_settings(index_dir).records_path}{suffix}").unlink(missing_ok=True)
 
     again = Rag(make_settings(index_dir), embedder=embedder)  # as the next process would
+    with pytest.raises(IndexMissingError, match=r"no paper records.*run `rag ingest`"):
+        again.index.lexicon()
+    assert not make_settings(index_dir).records_path.exists()  # a reader creates nothing
+    stats = again.index.ingest(papers)
+    assert stats.embedded == 0 and stats.skipped == stats.chunks > 0  # the vectors were kept
     assert {mode: results(again, mode) for mode in ("bm25", "hybrid")} == before
-    # A reader never writes: rebuilt for itself, said so, and saved by the next ingest.
-    assert not bm25_meta(index_dir).exists()
-    assert again.index.lexical_note and "rag ingest" in again.index.lexical_note
-    again.index.ingest([])  # nothing new: the writer only publishes
-    assert bm25_meta(index_dir).exists()
-    assert any((index_dir / "bm25" / "papers" / "bm25s").iterdir())
-    assert json.loads(bm25_meta(index_dir).read_text())["generation"] == again.index.generation()
 
 
 def test_bm25_follows_another_writer(

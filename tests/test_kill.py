@@ -23,7 +23,7 @@ def test_ingest_killed_mid_way_then_rerun_is_complete(tmp_path: Path, corpus, em
     )
     expected_ids = {c.id for c in chunk_papers(papers, embedder, overlap=48)}
     index_dir = tmp_path / "index"
-    env = cli_env(index_dir, RAG_EMBED_BATCH_SIZE="8")
+    env = cli_env(index_dir, RAG_INGEST_BATCH="8")
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "rag", "ingest", str(source)],
@@ -37,7 +37,7 @@ def test_ingest_killed_mid_way_then_rerun_is_complete(tmp_path: Path, corpus, em
     seen = []
     for line in proc.stderr:  # progress lines arrive after each stored batch
         seen.append(line)
-        if line.startswith("embedded 16/"):
+        if line.startswith("stored 16/"):
             os.kill(proc.pid, signal.SIGKILL)
             break
     proc.wait(timeout=60)
@@ -63,7 +63,7 @@ def test_ingest_killed_mid_way_then_rerun_is_complete(tmp_path: Path, corpus, em
     assert len(ids) == len(set(ids)) == len(expected_ids)
     assert set(ids) == expected_ids
 
-    # The BM25 index that the killed run never rebuilt is current again: a title finds its paper.
+    # The records the killed run left half-way are complete again: a title finds its paper.
     ask = run_cli("ask", "--json", papers[7].title, env=env)
     assert ask.returncode == 0, ask.stderr
     assert json.loads(ask.stdout)["retrieved"][0]["title"] == papers[7].title

@@ -24,7 +24,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -68,6 +68,8 @@ TOKENIZE_WINDOW = 4_096
 # starved the GPU's thread (10.7k/s end to end); 15 processes, which return numpy arrays, 21k/s.
 # One core is left for the threads that feed the GPUs.
 TOKENIZER_WORKERS = max(1, min(15, (os.cpu_count() or 2) - 1))
+# Texts per thread when chunking tokenizes a batch: below this, one thread (threads cost ~0.1 ms).
+SPANS_PER_THREAD = 256
 # Batches ready ahead of each GPU, in pinned host memory: enough to ride out a slow window.
 QUEUE_DEPTH = 8
 # Batches a GPU worker keeps launched before it waits for the oldest one's vectors, so the GPU
@@ -301,6 +303,9 @@ class SentenceTransformerEmbedder:
         mask = np.array([r.attention_mask for r in rows], dtype=np.int64)
         return np.asarray(self._model({"input_ids": ids, "attention_mask": mask})[0])
 
+    def _spans(self, texts: list[str]) -> list[Spans]:
+        return [e.offsets for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
     @cached_property
     def dim(self) -> int:  # type: ignore[override]
         """Vector size, read from the pooling config when there is one (no torch import)."""
@@ -312,10 +317,18 @@ class SentenceTransformerEmbedder:
         return int(self._model.get_sentence_embedding_dimension())
 
     def token_spans(self, texts: Sequence[str]) -> list[Spans]:
-        """Token character spans from the model's own tokenizer."""
+        """Token character spans from the model's own tokenizer: slices of a large batch on
+        threads, since the Rust tokenizer lets go of the GIL while it encodes (its own pool is
+        off, ``TOKENIZERS_PARALLELISM=false``, for the tokenizer processes' sake)."""
         if self._tokenizer is not None:
-            encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-            return [list(e.offsets) for e in encodings]
+            texts = list(texts)
+            threads = min(os.cpu_count() or 1, len(texts) // SPANS_PER_THREAD)
+            if threads <= 1:
+                return self._spans(texts)
+            size = -(-len(texts) // threads)
+            slices = [texts[i : i + size] for i in range(0, len(texts), size)]
+            with ThreadPoolExecutor(threads) as pool:
+                return list(chain.from_iterable(pool.map(self._spans, slices)))
         hf = self._model.tokenizer
         out = hf(list(texts), add_special_tokens=False, return_offsets_mapping=True)
         return [[tuple(span) for span in spans] for spans in out["offset_mapping"]]

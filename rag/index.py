@@ -338,7 +338,12 @@ class Index:
     def _digest(self, content: str) -> str:
         return hashlib.sha256(f"{self._chunking_key()}|{content}".encode()).hexdigest()[:32]
 
-    def _existing_ids(self, col: Any, ids: Sequence[str]) -> set[str]:
+    def _present(self, col: Any, ids: Sequence[str], from_store: bool) -> set[str]:
+        """Which of these chunks are stored already: the records say (they list a chunk only
+        once its vector is written), or, ``from_store``, Chroma (an interrupted ingest can have
+        written vectors whose records it never wrote)."""
+        if not from_store:
+            return self.records.known_chunks(ids)
         found: set[str] = set()
         for batch in _batches(ids, GET_BATCH):
             found.update(col.get(ids=list(batch), include=[])["ids"])
@@ -371,9 +376,19 @@ class Index:
             if todo or moved or writing is not None:
                 self._begin()
                 groups = _groups(scan.papers(todo.__contains__), self._group_size())
-                with self._vector_writer(col, len(todo)) as write:
+                # Presence is read from Chroma, not the records, where they may disagree: after
+                # an interrupted ingest, on a server (other clients write), or when the counts
+                # differ (a collection deleted or replaced under the records).
+                from_store = (
+                    writing is not None
+                    or self.remote
+                    or int(col.count()) != (self.records.size if self.records.exists() else 0)
+                )
+                self._max_batch = int(self.client.get_max_batch_size())
+                with self._vector_writer(col, len(todo), from_store) as write:
                     finished = 0
-                    for done, group_size in self._store_groups(col, groups, keys, stored, write):
+                    batches = self._store_groups(col, groups, keys, stored, write, from_store)
+                    for done, group_size in batches:
                         totals = [a + b for a, b in zip(totals, done, strict=True)]
                         finished += group_size
                         if progress is not None:
@@ -474,11 +489,15 @@ class Index:
         self.lexical_note = None
 
     @contextmanager
-    def _vector_writer(self, col: Any, papers: int) -> Iterator[VectorWrite]:
+    def _vector_writer(self, col: Any, papers: int, from_store: bool) -> Iterator[VectorWrite]:
         """How batches of vectors are written: by a child process (``rag.writer``) when the
         ingest has more than one batch to write into a local index, so that Chroma's writes
-        overlap the chunking, embedding and records; else here, at once."""
-        if self.remote or papers <= self._group_size():
+        overlap the chunking, embedding and records; else here, at once. While the child writes,
+        this process leaves the collection alone: a local Chroma client that reads a folder
+        another process is writing can go on answering from a stale vector index (seen here:
+        one question in ~40 missed a paper the child had just replaced). So the child is not
+        used to resume an interrupted ingest, whose presence checks must read Chroma."""
+        if self.remote or from_store or papers <= self._group_size():
             yield VectorWrite(lambda kind, batch: getattr(col, kind)(**batch), lambda _: None)
             return
         from rag.writer import ChromaWriter, WriterError
@@ -499,12 +518,13 @@ class Index:
         keys: dict[str, str],
         stored: dict[str, tuple[str, tuple[str, ...]]],
         write: VectorWrite,
+        from_store: bool,
     ) -> Iterator[tuple[tuple[int, int, int, int], int]]:
         """Prepare each batch, send its vectors, and write the previous batch's records once its
         vectors are written; yield (counts, papers) as each batch is complete."""
         previous: tuple[int, Callable[[], None], tuple[int, int, int, int], int] | None = None
         for group in groups:
-            counts, jobs, records = self._prepare_group(col, group, keys, stored)
+            counts, jobs, records = self._prepare_group(col, group, keys, stored, from_store)
             for kind, batch in jobs:
                 write.send(kind, batch)
             if previous is not None:
@@ -533,6 +553,7 @@ class Index:
         group: list[Paper],
         keys: dict[str, str],
         stored: dict[str, tuple[str, tuple[str, ...]]],
+        from_store: bool,
     ) -> tuple[tuple[int, int, int, int], list[tuple[str, dict[str, Any]]], Callable[[], None]]:
         """Chunk and embed one batch of papers: its counts, the Chroma writes that store it
         (new vectors, then deletions), and what writes its records (after those)."""
@@ -540,7 +561,7 @@ class Index:
         with clock("chunk"):
             chunks = chunk_papers(group, self.embedder, overlap=self.settings.chunk_overlap)
         with clock("vectors"):
-            present = self._existing_ids(col, [c.id for c in chunks])
+            present = self._present(col, [c.id for c in chunks], from_store)
         todo = [c for c in chunks if c.id not in present]
         wanted = {c.id for c in chunks}
         old = [p.id for p in group if p.id in stored]
@@ -571,7 +592,7 @@ class Index:
         """The upserts that store these chunks, in the largest batches the store takes: locally
         ids, vectors and the chunk's paper; on a server also the text, and the record on a first
         chunk (for other clients)."""
-        for batch in _batches(range(len(chunks)), self.client.get_max_batch_size()):
+        for batch in _batches(range(len(chunks)), self._max_batch):
             part = [chunks[i] for i in batch]
             yield (
                 "upsert",

@@ -19,11 +19,16 @@ from the same document frequencies.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import multiprocessing
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +44,12 @@ PARAMS = 900  # values per IN (...) list: well under SQLite's limit, and quick t
 # in more than COMMON_FRACTION of the chunks are left out of it.
 EXACT_POSTINGS = 20_000
 COMMON_FRACTION = 0.05
+# A write's analysis (each paper's names and plain words, each chunk's terms) is pure Python and
+# most of its time (profiled: ~80%; SQLite itself ~15%). From PARALLEL_MIN papers on, it is spread
+# over ANALYSIS_WORKERS processes (spawned on first need, kept for the next batch); not on a
+# machine of under 4 cores, where the ingest's own process already has one core to itself.
+PARALLEL_MIN = 2_048
+ANALYSIS_WORKERS = min(15, (os.cpu_count() or 1) - 1) if (os.cpu_count() or 1) >= 4 else 0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -197,11 +208,12 @@ class Records:
     ) -> None:
         """In one transaction: store each (record, digest), replacing a paper of the same id;
         delete the ``stale`` chunk ids; add the ``chunks`` not stored yet."""
+        words, chunk_terms = analyse([r for r, _ in papers], [c.text for c in chunks])
         with self._transaction() as conn:
             self._delete_chunks(conn, stale)
             rowids = {}
-            for record, digest in papers:
-                rowids[record.id] = self._put_paper(conn, record, digest)
+            for (record, digest), analysed in zip(papers, words, strict=True):
+                rowids[record.id] = self._put_paper(conn, record, digest, analysed)
             wanted = [c.id for c in chunks]
             have = set()
             for batch in _batches(wanted):
@@ -216,9 +228,9 @@ class Records:
                     chunk.id,
                     rowids.get(chunk.paper_id) or self._rowid(conn, chunk.paper_id),
                     chunk.position,
-                    " ".join(terms(chunk.text)),
+                    line,
                 )
-                for chunk in chunks
+                for chunk, line in zip(chunks, chunk_terms, strict=True)
                 if chunk.id not in have
             ]
             conn.executemany(
@@ -267,7 +279,13 @@ class Records:
         row = conn.execute("SELECT rowid FROM papers WHERE id = ?", (paper_id,)).fetchone()
         return None if row is None else int(row[0])
 
-    def _put_paper(self, conn: sqlite3.Connection, record: PaperRecord, digest: str) -> int:
+    def _put_paper(
+        self,
+        conn: sqlite3.Connection,
+        record: PaperRecord,
+        digest: str,
+        analysed: tuple[list[Word], set[str]],
+    ) -> int:
         values = (
             digest,
             record.title,
@@ -293,7 +311,7 @@ class Records:
                 "date = ?, categories = ?, sources = ? WHERE rowid = ?",
                 (*values, rowid),
             )
-        words, plain = paper_words(record.title, record.abstract)
+        words, plain = analysed
         conn.executemany(
             "INSERT INTO names VALUES (?, ?, ?, ?, ?)",
             [(rowid, w.text.lower(), w.text, w.kind, w.repeats) for w in words],
@@ -343,6 +361,14 @@ class Records:
     def chunk_ids_of(self, paper_ids: Sequence[str]) -> set[str]:
         """Ids of the stored chunks of these papers."""
         return set(self.chunks_of(paper_ids))
+
+    def known_chunks(self, chunk_ids: Sequence[str]) -> set[str]:
+        """Which of these chunks are stored."""
+        conn, found = self._connect(), set()
+        for batch in _batches(list(chunk_ids)):
+            rows = conn.execute(f"SELECT id FROM chunks WHERE id IN ({_in(batch)})", batch)
+            found.update(row[0] for row in rows)
+        return found
 
     def chunks_of(self, paper_ids: Sequence[str]) -> dict[str, str]:
         """Chunk id -> paper id, for the stored chunks of these papers."""
@@ -516,3 +542,42 @@ class NameLookup:
         rows = self.records.name_rows(candidates(question))
         names: list[Name] = assemble(rows, self.records.ordinary) if rows else []
         return Catalog(names).find(question)
+
+
+# -- analysis (what a write derives from the text) --------------------------------------------
+
+Analysed = tuple[list[tuple[list[Word], set[str]]], list[str]]
+_pool: ProcessPoolExecutor | None = None
+
+
+def analyse(papers: Sequence[PaperRecord], texts: Sequence[str]) -> Analysed:
+    """Each paper's ``paper_words`` and each chunk text's terms (as the line FTS5 indexes): in
+    processes for a large batch where there are cores for them, else here."""
+    global _pool
+    if ANALYSIS_WORKERS and len(papers) >= PARALLEL_MIN:
+        if _pool is None:
+            # Spawned: the ingest's process holds torch's and Chroma's threads, unsafe to fork.
+            context = multiprocessing.get_context("spawn")
+            _pool = ProcessPoolExecutor(ANALYSIS_WORKERS, mp_context=context)
+            atexit.register(_pool.shutdown, cancel_futures=True)
+        parts = ANALYSIS_WORKERS * 2  # uneven parts even out
+        pairs = [(r.title, r.abstract) for r in papers]
+        p_size, t_size = -(-len(pairs) // parts), -(-len(texts) // parts)
+        jobs = [
+            (pairs[i * p_size : (i + 1) * p_size], list(texts[i * t_size : (i + 1) * t_size]))
+            for i in range(parts)
+        ]
+        try:
+            done = list(_pool.map(_analyse_part, *zip(*jobs, strict=True)))
+        except BrokenProcessPool:  # a worker died (out of memory?): this batch here, next anew
+            _pool = None
+        else:
+            return (
+                [w for part in done for w in part[0]],
+                [t for part in done for t in part[1]],
+            )
+    return _analyse_part([(r.title, r.abstract) for r in papers], list(texts))
+
+
+def _analyse_part(pairs: list[tuple[str, str]], texts: list[str]) -> Analysed:
+    return [paper_words(t, a) for t, a in pairs], [" ".join(terms(t)) for t in texts]

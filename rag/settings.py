@@ -65,8 +65,8 @@ class Settings(BaseSettings):
         ge=1,
         le=1_000_000,
         description="Papers an ingest reads, embeds and stores at a time (memory holds one batch; "
-        "a killed ingest loses at most one). Default: 256 with a model on a CPU, 32768 on a GPU, "
-        "8192 with the hash embedder.",
+        "a killed ingest redoes at most the last two). Default: 256 with a model on a CPU, 32768 "
+        "on a GPU, 8192 with the hash embedder.",
     )
     embed_device: str | None = Field(
         None,

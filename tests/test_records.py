@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench.scale import write_snapshot
+from rag import records as records_module
 from rag.chunking import chunk_papers
 from rag.corpus import Paper
 from rag.embedding import Embedder, HashEmbedder
@@ -107,6 +108,37 @@ def test_adds_replacements_and_deletions_answer_as_a_rebuild_does(
     gone_names = Catalog.build([(p.id, p.title, p.abstract) for p in corpus[:400]])
     lost = [f"What is {n.text}?" for n in gone_names.names.values() if set(n.papers) <= set(gone)]
     assert lost and names_found(live.names, lost) == names_found(reference, lost)
+
+
+def rows(records: Records) -> dict[str, list[tuple[object, ...]]]:
+    conn = records._connect()
+    return {
+        table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall()
+        for table in ("papers", "chunks", "names", "chunk_vocab")
+    }
+
+
+def test_a_write_analysed_in_worker_processes_stores_what_one_analysed_here_does(
+    tmp_path: Path, corpus: list[Paper], embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large batches on a machine of many cores spread the analysis over processes: the same
+    records, names and BM25 come of it, in the same order."""
+    papers = list(corpus[:300])
+    here = Records(tmp_path / "here.sqlite3")
+    here.write([(_record(p), "v") for p in papers], stored(papers, embedder))
+    monkeypatch.setattr(records_module, "ANALYSIS_WORKERS", 2)
+    monkeypatch.setattr(records_module, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(records_module, "_pool", None)
+    spread = Records(tmp_path / "spread.sqlite3")
+    spread.write([(_record(p), "v") for p in papers], stored(papers, embedder))
+    pool = records_module._pool
+    assert pool is not None  # the processes did the work
+    pool.shutdown()
+    assert rows(spread) == rows(here)
+    questions = [p.title for p in papers[::15]]
+    assert answers(spread, questions) == answers(here, questions)
+    plain = "SELECT rowid FROM plain_index WHERE plain_index MATCH 'memory' ORDER BY rowid"
+    assert spread._connect().execute(plain).fetchall() == here._connect().execute(plain).fetchall()
 
 
 def test_an_ingest_that_adds_and_replaces_matches_a_fresh_index(

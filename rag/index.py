@@ -153,6 +153,8 @@ class Index:
         self.records = Records(settings.records_path)
         self._seen: tuple[int | None, str | None] | None = None  # (folder, publication) read
         self._count: int | None = None  # chunks in the collection as this reader opened it
+        # The store's largest batch: read as an ingest starts, before a child process writes.
+        self._max_batch = GET_BATCH
         self.lexical_note: str | None = None  # why the records lag behind the collection, if so
 
     @property

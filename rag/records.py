@@ -214,15 +214,7 @@ class Records:
             rowids = {}
             for (record, digest), analysed in zip(papers, words, strict=True):
                 rowids[record.id] = self._put_paper(conn, record, digest, analysed)
-            wanted = [c.id for c in chunks]
-            have = set()
-            for batch in _batches(wanted):
-                have |= {
-                    r[0]
-                    for r in conn.execute(
-                        f"SELECT id FROM chunks WHERE id IN ({_in(batch)})", batch
-                    )
-                }
+            have = self.known_chunks([c.id for c in chunks])  # this transaction's connection
             rows = [
                 (
                     chunk.id,
